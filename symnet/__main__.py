@@ -1,0 +1,3 @@
+from symnet.cli import main
+
+raise SystemExit(main())

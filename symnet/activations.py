@@ -1,0 +1,143 @@
+"""Activations: each is a SymPy expression in one variable, applied entry by entry.
+
+Adding an activation is one line in this file: a name, a label for printing and a formula.
+Its derivative is never written here: `symnet.derive` asks SymPy for it.
+
+Example:
+    >>> import sympy as sp, symnet as sn
+    >>> x = sp.Symbol("x")
+    >>> mish = sn.Activation("mish", x * sp.tanh(sp.log(1 + sp.exp(x))), x)
+    >>> mish.expr.free_symbols == {x}
+    True
+"""
+
+from __future__ import annotations
+
+import keyword
+
+import sympy as sp
+
+from symnet.module import Module
+
+x = sp.Symbol("x", real=True)
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise ValueError(f"{what} name {name!r} is not a valid Python identifier")
+    return name
+
+
+def _check_elementwise(expr: sp.Expr, var: sp.Symbol, what: str) -> sp.Expr:
+    expr = sp.sympify(expr)
+    if not isinstance(var, sp.Symbol):
+        raise TypeError(f"{what}: the variable must be a sympy.Symbol, got {var!r}")
+    if getattr(expr, "is_Matrix", False) or not isinstance(expr, sp.Expr):
+        raise TypeError(f"{what}: expression must be a scalar SymPy expression, got {expr!r}")
+    extra = expr.free_symbols - {var}
+    if extra:
+        names = ", ".join(sorted(s.name for s in extra))
+        raise ValueError(f"{what}: expression has free symbols {names} besides {var.name}")
+    if var not in expr.free_symbols:
+        raise ValueError(f"{what}: expression does not depend on {var.name}")
+    return expr
+
+
+class Activation(Module):
+    """An elementwise activation ``f(x)`` given as a SymPy expression in one symbol.
+
+    Example:
+        >>> import sympy as sp, symnet as sn
+        >>> z = sp.Symbol("z")
+        >>> sn.Activation("square", z**2, z).label
+        'square'
+    """
+
+    def __init__(self, name: str, expr: sp.Expr, var: sp.Symbol, label: str | None = None):
+        super().__init__()
+        self.name = _check_name(name, "activation")
+        expr = _check_elementwise(expr, var, f"activation {name!r}")
+        # One canonical real variable, so equal formulas derive and cache alike.
+        self.expr = expr.xreplace({var: x})
+        self.label = label or name
+        self.var = x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()" if type(self) is not Activation else (
+            f"Activation({self.name!r}, {self.expr})"
+        )
+
+
+def _builtin(name: str, label: str, expr: sp.Expr, doc: str):
+    def __init__(self):
+        Activation.__init__(self, name, expr, x, label)
+
+    return type(name, (Activation,), {"__init__": __init__, "__doc__": doc})
+
+
+_sigmoid = 1 / (1 + sp.exp(-x))
+ReLU = _builtin("ReLU", "ReLU", sp.Max(0, x), "ReLU: max(0, x).")
+Sigmoid = _builtin("Sigmoid", "σ", _sigmoid, "Logistic sigmoid: 1 / (1 + exp(−x)).")
+Tanh = _builtin("Tanh", "tanh", sp.tanh(x), "Hyperbolic tangent.")
+SiLU = _builtin("SiLU", "SiLU", x * _sigmoid, "SiLU (swish): x·σ(x).")
+GELU = _builtin("GELU", "GELU", x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
+                "GELU, exact erf form (PyTorch's default).")
+
+
+class LeakyReLU(Activation):
+    """LeakyReLU: x for x > 0, else negative_slope·x.
+
+    Example:
+        >>> import symnet as sn
+        >>> sn.LeakyReLU(0.1).negative_slope
+        0.1
+    """
+
+    def __init__(self, negative_slope: float = 0.01):
+        self.negative_slope = float(negative_slope)
+        slope = sp.nsimplify(self.negative_slope, rational=True)
+        super().__init__("LeakyReLU", sp.Piecewise((x, x > 0), (slope * x, True)), x)
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+
+class Softplus(Activation):
+    """Softplus: log(1 + exp(x)).  Kernels evaluate it as max(x, 0) + log1p(exp(−|x|)), which
+    never overflows (PyTorch instead switches to x above a threshold of 20; the two agree
+    to within exp(−20)).
+
+    Example:
+        >>> import symnet as sn
+        >>> sn.Softplus().label
+        'softplus'
+    """
+
+    def __init__(self):
+        super().__init__("Softplus", sp.log(1 + sp.exp(x)), x, "softplus")
+
+
+class Softmax(Module):
+    """Softmax over the features of each sample (PyTorch's ``dim=1`` on (N, C) input).
+
+    Example:
+        >>> import symnet as sn
+        >>> sn.Softmax()
+        Softmax()
+    """
+
+    name = "Softmax"
+    label = "softmax"
+
+
+class LogSoftmax(Module):
+    """Log-softmax over the features of each sample; pair it with NLLLoss.
+
+    Example:
+        >>> import symnet as sn
+        >>> sn.LogSoftmax()
+        LogSoftmax()
+    """
+
+    name = "LogSoftmax"
+    label = "log_softmax"

@@ -1,0 +1,86 @@
+"""The reverse sweep: forward equations → named backward equations (+ optimizer updates).
+
+Each forward equation ``V = rhs`` contributes, through its rule in `symnet.rules`, to the
+gradients of its inputs; every gradient is a named symbol (``dZ2``, ``dA1``), so nothing is
+differentiated twice and the result reads as the textbook's backprop.
+
+Example:
+    >>> import symnet as sn
+    >>> model = sn.Sequential(sn.Linear(4, 8), sn.Sigmoid(), sn.Linear(8, 3))
+    >>> d = sn.derive(model, sn.CrossEntropyLoss(reduction="sum"))
+    >>> [f"{eq.lhs} = {eq.rhs}" for eq in d.backward][:2]
+    ['dZ2 = Elementwise(Lambda((_e0, _e1), _e0 - _e1), , Yhat, Y)', 'dW2 = dZ2*A1.T']
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from codegen.expr import Elementwise
+from symnet.derivation import Derivation
+from symnet.fuse import fuse
+from symnet.graph import LOSS, Graph, build
+from symnet.losses import Loss
+from symnet.module import Module
+from symnet.rules import loss_gradient, vjp
+
+
+def gradient_symbol(symbol: sp.MatrixSymbol) -> sp.MatrixSymbol:
+    """``dZ1`` for ``Z1``: same shape, name prefixed with d."""
+    return sp.MatrixSymbol("d" + symbol.name, *symbol.shape)
+
+
+def backward(graph: Graph) -> list[sp.Eq]:
+    """The backward equations of ``graph``, in the order a sweep computes them."""
+    wanted = {s.name for s in graph.leaves() if s.name in graph.params}
+    defined = {eq.lhs.name for eq in graph.forward}
+    contributions: dict[sp.MatrixSymbol, list[sp.MatrixExpr]] = {}
+    eqs: list[sp.Eq] = []
+    forward = graph.forward
+    prediction = next((eq for eq in forward if eq.lhs.name == "Yhat"), None)
+
+    def collect(target: sp.Basic, contribution: sp.MatrixExpr) -> None:
+        if target.name in wanted:
+            eqs.append(sp.Eq(gradient_symbol(target), contribution, evaluate=False))
+        elif target.name in defined:
+            contributions.setdefault(target, []).append(contribution)
+
+    for eq in reversed(forward):
+        if eq.lhs == LOSS:
+            on_logits = prediction is not None and graph.loss.on_logits
+            target, grad = loss_gradient(eq.rhs, prediction if on_logits else None)
+            collect(target, grad)
+            continue
+        if eq.lhs not in contributions:
+            continue  # Ŷ of a loss on logits: displayed, not on the gradient's path
+        G = gradient_symbol(eq.lhs)
+        parts = contributions.pop(eq.lhs)
+        total = parts[0] if len(parts) == 1 else sp.MatAdd(*parts)
+        eqs.append(sp.Eq(G, total, evaluate=False))
+        for target, contribution in vjp(eq, G).items():
+            collect(target, contribution)
+    one_hot = {"Y"} if graph.loss.target_kind == "index" else set()
+    return fuse(eqs, one_hot)
+
+
+def derive(model: Module, loss: Loss, optimizer=None) -> Derivation:
+    """Derive the backward pass (and ``optimizer``'s updates) of ``model`` under ``loss``.
+
+    Example:
+        >>> import symnet as sn
+        >>> d = sn.derive(sn.Sequential(sn.Linear(2, 2)), sn.MSELoss())
+        >>> str(d.backward[1].rhs)
+        'dYhat*X.T'
+    """
+    graph = build(model, loss)
+    eqs = backward(graph)
+    updates = []
+    if optimizer is not None:
+        gradients = {eq.lhs.name[1:]: eq.lhs for eq in eqs}
+        params = [(graph.symbol(name), gradients[name], key)
+                  for name, key in graph.params.items()]
+        updates = optimizer.updates(params)
+    return Derivation(graph, eqs, updates, optimizer)
+
+
+__all__ = ["derive", "backward", "gradient_symbol", "Elementwise"]

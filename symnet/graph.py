@@ -1,0 +1,191 @@
+"""Model + loss → the forward equations, named as in the seed (samples are columns).
+
+``Z1 = W1·X + b1·1ᵀ``, ``A1 = f(Z1)``, …, ``Ŷ = softmax(Z2)``, ``L = −(1/N)·Σ Y ⊙ log(Ŷ)``.
+
+Example:
+    >>> import symnet as sn
+    >>> g = build(sn.Sequential(sn.Linear(4, 8), sn.Tanh(), sn.Linear(8, 3)), sn.MSELoss())
+    >>> [str(eq.lhs) for eq in g.forward]
+    ['Z1', 'A1', 'Yhat', 'L']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import singledispatch
+
+import sympy as sp
+
+from codegen.expr import Elementwise, LogSoftmax, Softmax, Total
+from symnet import activations
+from symnet.losses import Loss
+from symnet.module import Linear, Module
+
+N = sp.Symbol("N", integer=True, positive=True)
+LOSS = sp.Symbol("L")
+
+
+def ew(fn, *operands: sp.MatrixExpr, label: str = "") -> Elementwise:
+    """``Elementwise`` from a Python function of scalar entries: ``ew(lambda g, a: g*a, G, A)``."""
+    variables = sp.symbols(f"_e0:{len(operands)}", real=True)
+    return Elementwise(sp.Lambda(variables, fn(*variables)), *operands, label=label)
+
+
+@dataclass
+class Graph:
+    """Forward equations plus what each symbol is.
+
+    ``params`` maps a parameter's symbol name (``W1``) to its state-dict key (``0.weight``).
+    """
+
+    forward: list[sp.Eq]
+    inputs: sp.MatrixSymbol
+    target: sp.MatrixSymbol
+    loss: Loss
+    params: dict[str, str] = field(default_factory=dict)
+
+    def symbol(self, name: str) -> sp.Basic:
+        for eq in self.forward:
+            if eq.lhs.name == name:
+                return eq.lhs
+        for s in self.leaves():
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def leaves(self) -> list[sp.MatrixSymbol]:
+        defined = {eq.lhs for eq in self.forward}
+        found: dict[str, sp.MatrixSymbol] = {}
+        for eq in self.forward:
+            for s in eq.rhs.atoms(sp.MatrixSymbol):
+                if s not in defined:
+                    found.setdefault(s.name, s)
+        return list(found.values())
+
+
+class _Builder:
+    def __init__(self, features: int):
+        self.current: sp.MatrixExpr = sp.MatrixSymbol("X", features, N)
+        self.layer = 0
+        self.used: set[str] = set()
+        self.forward: list[sp.Eq] = []
+        self.params: dict[str, str] = {}
+
+    def name(self, base: str) -> str:
+        name, k = base, 2
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+    def emit(self, base: str, rhs: sp.MatrixExpr) -> None:
+        lhs = sp.MatrixSymbol(self.name(base), *rhs.shape)
+        self.forward.append(sp.Eq(lhs, rhs, evaluate=False))
+        self.current = lhs
+
+
+@singledispatch
+def _contribute(module: Module, b: _Builder, key: str) -> None:
+    raise TypeError(f"{type(module).__name__} has no symbolic form; use Linear or an activation")
+
+
+@_contribute.register
+def _(module: Linear, b: _Builder, key: str) -> None:
+    rows = b.current.shape[0]
+    if rows != module.in_features:
+        raise ValueError(f"{module!r} (layer {key}) receives {rows} features from the layer "
+                         f"before it, expected {module.in_features}")
+    b.layer += 1
+    l = b.layer  # noqa: E741 - the seed's layer index
+    W = sp.MatrixSymbol(f"W{l}", module.out_features, module.in_features)
+    rhs = W * b.current
+    b.params[W.name] = f"{key}.weight"
+    if module.bias is not None:
+        bias = sp.MatrixSymbol(f"b{l}", module.out_features, 1)
+        rhs = rhs + bias * sp.OneMatrix(1, N)
+        b.params[bias.name] = f"{key}.bias"
+    b.emit(f"Z{l}", rhs)
+
+
+@_contribute.register
+def _(module: activations.Activation, b: _Builder, key: str) -> None:
+    b.emit(f"A{b.layer}", ew(lambda v: module.expr.xreplace({module.var: v}), b.current,
+                             label=module.label))
+
+
+@_contribute.register
+def _(module: activations.Softmax, b: _Builder, key: str) -> None:
+    b.emit(f"A{b.layer}", Softmax(b.current))
+
+
+@_contribute.register
+def _(module: activations.LogSoftmax, b: _Builder, key: str) -> None:
+    b.emit(f"A{b.layer}", LogSoftmax(b.current))
+
+
+def _leaf_layers(model: Module) -> list[tuple[str, Module]]:
+    """Leaf modules with their state-dict prefixes ('0', '1.2', …)."""
+    def walk(m: Module, prefix: str):
+        kids = list(m._modules.items()) if hasattr(m, "_modules") else []
+        if not kids:
+            yield prefix, m
+        for name, kid in kids:
+            yield from walk(kid, f"{prefix}.{name}" if prefix else name)
+
+    return list(walk(model, ""))
+
+
+def input_features(model: Module) -> int:
+    """The width of the model's input: its first Linear's in_features."""
+    for _, m in _leaf_layers(model):
+        if isinstance(m, Linear):
+            return m.in_features
+    raise ValueError("the model has no Linear layer, so its input width is unknown")
+
+
+def build(model: Module, loss: Loss) -> Graph:
+    """The forward equations of ``model`` followed by those of ``loss``."""
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a symnet Module, got {type(model).__name__}")
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a symnet loss, got {type(loss).__name__}")
+    b = _Builder(input_features(model))
+    inputs = b.current
+    for key, module in _leaf_layers(model):
+        _contribute(module, b, key)
+    if not b.forward:
+        raise ValueError("the model has no layers")
+    _add_loss(b, loss)
+    return Graph(b.forward, inputs, _target(b), loss, b.params)
+
+
+def _target(b: _Builder) -> sp.MatrixSymbol:
+    return next(s for eq in b.forward for s in eq.rhs.atoms(sp.MatrixSymbol) if s.name == "Y")
+
+
+def _add_loss(b: _Builder, loss: Loss) -> None:
+    out = b.current
+    classes = out.shape[0]
+    if loss.target_kind == "index" and classes < 2:
+        raise ValueError(f"{loss!r} needs at least 2 classes, the model outputs {classes}")
+    Y = sp.MatrixSymbol("Y", classes, N)
+    if loss.link is None:
+        # The model's output is the prediction: rename its equation's left side to Ŷ.
+        last = b.forward.pop()
+        b.used.discard(last.lhs.name)
+        b.emit("Yhat", last.rhs)
+        pred = b.current
+    elif loss.link == "softmax":
+        b.emit("Yhat", Softmax(out))
+        pred = b.current
+    else:
+        b.emit("Yhat", ew(lambda v: 1 / (1 + sp.exp(-v)), out, label="σ"))
+        pred = out
+    from symnet import losses
+
+    scale = sp.Integer(1)
+    if loss.reduction == "mean":
+        scale = 1 / N if loss.mean_over_samples_only else 1 / (classes * N)
+    body = ew(lambda v, t: loss.expr.xreplace({losses.p: v, losses.y: t}), pred, Y,
+              label=loss.label)
+    b.forward.append(sp.Eq(LOSS, scale * Total(body), evaluate=False))

@@ -17,7 +17,7 @@ from functools import singledispatch
 import sympy as sp
 
 from codegen.expr import Elementwise, LogSoftmax, Softmax, Total
-from symnet import activations
+from symnet import activations, losses
 from symnet.losses import Loss
 from symnet.module import Linear, Module
 
@@ -43,6 +43,13 @@ class Graph:
     target: sp.MatrixSymbol
     loss: Loss
     params: dict[str, str] = field(default_factory=dict)
+    #: the model's output (what ``model(X)`` returns); later equations belong to the loss.
+    output: str = ""
+
+    def model_equations(self) -> list[sp.Eq]:
+        """The forward equations of the model alone, up to its output."""
+        names = [eq.lhs.name for eq in self.forward]
+        return self.forward[: names.index(self.output) + 1]
 
     def symbol(self, name: str) -> sp.Basic:
         for eq in self.forward:
@@ -155,15 +162,16 @@ def build(model: Module, loss: Loss) -> Graph:
         _contribute(module, b, key)
     if not b.forward:
         raise ValueError("the model has no layers")
-    _add_loss(b, loss)
-    return Graph(b.forward, inputs, _target(b), loss, b.params)
+    output = _add_loss(b, loss)
+    return Graph(b.forward, inputs, _target(b), loss, b.params, output)
 
 
 def _target(b: _Builder) -> sp.MatrixSymbol:
     return next(s for eq in b.forward for s in eq.rhs.atoms(sp.MatrixSymbol) if s.name == "Y")
 
 
-def _add_loss(b: _Builder, loss: Loss) -> None:
+def _add_loss(b: _Builder, loss: Loss) -> str:
+    """Append the loss's equations; returns the name of the model's output."""
     out = b.current
     classes = out.shape[0]
     if loss.target_kind == "index" and classes < 2:
@@ -174,18 +182,17 @@ def _add_loss(b: _Builder, loss: Loss) -> None:
         last = b.forward.pop()
         b.used.discard(last.lhs.name)
         b.emit("Yhat", last.rhs)
-        pred = b.current
+        out = pred = b.current
     elif loss.link == "softmax":
         b.emit("Yhat", Softmax(out))
         pred = b.current
     else:
         b.emit("Yhat", ew(lambda v: 1 / (1 + sp.exp(-v)), out, label="σ"))
         pred = out
-    from symnet import losses
-
     scale = sp.Integer(1)
     if loss.reduction == "mean":
         scale = 1 / N if loss.mean_over_samples_only else 1 / (classes * N)
     body = ew(lambda v, t: loss.expr.xreplace({losses.p: v, losses.y: t}), pred, Y,
               label=loss.label)
     b.forward.append(sp.Eq(LOSS, scale * Total(body), evaluate=False))
+    return out.name

@@ -1,0 +1,172 @@
+"""Kernel IR → Numba ``@njit`` source: BLAS for products, fused loops for the rest.
+
+Example:
+    >>> import sympy as sp
+    >>> from codegen.ir import MatMul, Program, Buffer
+    >>> N = sp.Symbol("N")
+    >>> p = Program("f", (MatMul("Z1", ("X", False), ("W1", True), "Z1 = W1*X"),),
+    ...             ("X", "W1", "Z1"), (), {"X": Buffer("X", (N, 2))})
+    >>> print(render_function(p, N).splitlines()[-1])
+        np.dot(X, W1.T, Z1)
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from codegen.ir import Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+from codegen.lower import I, J
+from codegen.printer import HELPERS, kernel_code
+
+INDENT = "    "
+
+
+def _operand(operand) -> str:
+    name, transposed = operand
+    return f"{name}.T" if transposed else name
+
+
+def _range(extent, parallel: bool) -> str:
+    text = extent if isinstance(extent, str) else kernel_code(extent)
+    return f"{'prange' if parallel else 'range'}({text})"
+
+
+def _loop_header(space, parallel: bool) -> tuple[list[str], str]:
+    if len(space) == 1:
+        return [f"for i in {_range(space[0], parallel)}:"], INDENT
+    return [f"for i in {_range(space[0], parallel)}:",
+            f"{INDENT}for j in {_range(space[1], False)}:"], INDENT * 2
+
+
+def _hoisted(exprs: list[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
+    """Loop invariants (no array, no loop value: ``1 − β₁ᵗ``) and common subexpressions."""
+    invariants: dict[sp.Expr, sp.Symbol] = {}
+
+    def varies(e: sp.Expr) -> bool:
+        return e.has(sp.Indexed) or any(s.name.startswith("t_") for s in e.free_symbols)
+
+    def hoist(e: sp.Expr) -> sp.Expr:
+        if not varies(e) and not e.is_Atom and not e.is_Number and not (
+                e.is_Mul and all(a.is_Atom for a in e.args)):
+            return invariants.setdefault(e, sp.Symbol(f"k{len(invariants)}"))
+        if e.is_Atom or not e.args:
+            return e
+        return e.func(*(hoist(a) for a in e.args))
+
+    exprs = [hoist(e) for e in exprs]
+    symbols = sp.numbered_symbols("c")
+    replacements, reduced = sp.cse(exprs, symbols=symbols, optimizations="basic")
+    return [(s, e) for e, s in invariants.items()] + replacements, reduced
+
+
+def _render_loop(op: Loop, parallel: bool) -> list[str]:
+    index = (I, J) if len(op.space) == 2 else (I,)
+    local_of: dict[sp.Indexed, sp.Symbol] = {}
+    exprs = []
+    for target, expr in op.assigns:
+        exprs.append(expr.xreplace(local_of))
+        local_of[sp.IndexedBase(target)[index]] = sp.Symbol(f"t_{target}")
+    replacements, reduced = _hoisted(exprs)
+    outside = [(s, e) for s, e in replacements if not e.has(sp.Indexed)]
+    inside = [(s, e) for s, e in replacements if e.has(sp.Indexed)]
+    lines = [f"# {f}" for f in op.formulas]
+    lines += [f"{s} = {kernel_code(e)}" for s, e in outside]
+    header, pad = _loop_header(op.space, parallel)
+    lines += header
+    lines += [f"{pad}{s} = {kernel_code(e)}" for s, e in inside]
+    at = ", ".join(str(s) for s in index)
+    for (target, _), value in zip(op.assigns, reduced):
+        lines.append(f"{pad}t_{target} = {kernel_code(value)}")
+        if target not in op.locals:
+            lines.append(f"{pad}{target}[{at}] = t_{target}")
+    return lines
+
+
+def _render_matmul(op: MatMul, parallel: bool) -> list[str]:
+    return [f"# {op.formula}", f"np.dot({_operand(op.a)}, {_operand(op.b)}, {op.out})"]
+
+
+def _render_rowsum(op: RowSum, parallel: bool) -> list[str]:
+    return [f"# {op.formula}  (each output owns its sum: no race)",
+            f"for j in {_range(op.out + '.shape[0]', parallel)}:",
+            f"{INDENT}acc = 0.0",
+            f"{INDENT}for i in range({op.src}.shape[0]):",
+            f"{INDENT * 2}acc += {op.src}[i, j]",
+            f"{INDENT}{op.out}[j] = acc"]
+
+
+_ROW_BODIES = {
+    "softmax": ["m = {a}[i, 0]", "for j in range(1, {a}.shape[1]):",
+                "    m = max(m, {a}[i, j])", "s = 0.0", "for j in range({a}.shape[1]):",
+                "    e = math.exp({a}[i, j] - m)", "    {out}[i, j] = e", "    s += e",
+                "for j in range({a}.shape[1]):", "    {out}[i, j] = {out}[i, j] / s"],
+    "log_softmax": ["m = {a}[i, 0]", "for j in range(1, {a}.shape[1]):",
+                    "    m = max(m, {a}[i, j])", "s = 0.0", "for j in range({a}.shape[1]):",
+                    "    s += math.exp({a}[i, j] - m)", "lse = m + math.log(s)",
+                    "for j in range({a}.shape[1]):", "    {out}[i, j] = {a}[i, j] - lse"],
+    "softmax_vjp": ["s = 0.0", "for j in range({a}.shape[1]):", "    s += {a}[i, j] * {b}[i, j]",
+                    "for j in range({a}.shape[1]):",
+                    "    {out}[i, j] = {a}[i, j] * ({b}[i, j] - s)"],
+    "log_softmax_vjp": ["s = 0.0", "for j in range({a}.shape[1]):", "    s += {b}[i, j]",
+                        "for j in range({a}.shape[1]):",
+                        "    {out}[i, j] = {b}[i, j] - math.exp({a}[i, j]) * s"],
+}
+
+
+def _render_rowop(op: RowOp, parallel: bool) -> list[str]:
+    names = dict(zip("ab", op.inputs), out=op.out)
+    body = [INDENT + line.format(**names) for line in _ROW_BODIES[op.kind]]
+    return [f"# {op.formula}", f"for i in {_range(op.out + '.shape[0]', parallel)}:", *body]
+
+
+def _render_reduce(op: Reduce, parallel: bool) -> list[str]:
+    header, pad = _loop_header(op.space, parallel)
+    lines = [f"# {op.formula}", f"total_{op.out} = 0.0"]
+    if len(op.space) == 2:
+        lines += [header[0], f"{INDENT}row = 0.0",
+                  f"{INDENT}for j in range({kernel_code(op.space[1])}):",
+                  f"{pad}row += {kernel_code(op.expr)}", f"{INDENT}total_{op.out} += row"]
+    else:
+        lines += [header[0], f"{pad}total_{op.out} += {kernel_code(op.expr)}"]
+    lines.append(f"{op.out} = {kernel_code(op.scale)} * total_{op.out}")
+    return lines
+
+
+def _render_onehot(op: OneHot, parallel: bool) -> list[str]:
+    return [f"# {op.out} = one_hot({op.labels})",
+            f"for i in {_range(op.out + '.shape[0]', parallel)}:",
+            f"{INDENT}for j in range({op.out}.shape[1]):",
+            f"{INDENT * 2}{op.out}[i, j] = 0.0",
+            f"{INDENT}{op.out}[i, {op.labels}[i]] = 1.0"]
+
+
+RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
+             RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot}
+
+
+def render_function(program: Program, batch: sp.Symbol, parallel: bool = False) -> str:
+    """The ``def`` of one program (without decorator)."""
+    params = ", ".join((*program.arguments, *program.scalars))
+    body: list[str] = []
+    bound: set[sp.Symbol] = set()
+    for name in program.arguments:  # sizes come from the arrays: N = X.shape[0]
+        for axis, extent in enumerate(getattr(program.buffers.get(name), "shape", ())):
+            if isinstance(extent, sp.Symbol) and extent not in bound:
+                body.append(f"{extent} = {name}.shape[{axis}]")
+                bound.add(extent)
+    for op in program.ops:
+        body += RENDERERS[type(op)](op, parallel)
+    body.append(f"return {program.returns}" if program.returns else "return 0.0")
+    return f"def {program.name}({params}):\n" + "\n".join(INDENT + line for line in body)
+
+
+def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = False,
+                  header: str = "") -> str:
+    """A whole module: imports, stable helpers, one ``@njit(cache=True)`` per program."""
+    jit = f"njit(cache=True, parallel={parallel}, error_model='numpy')"
+    parts = [f'"""{header}"""' if header else "", "import math", "", "import numpy as np",
+             "from numba import njit, prange", "",
+             HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')")]
+    for program in programs:
+        parts += ["", f"@{jit}", render_function(program, batch, parallel), ""]
+    return "\n".join(parts)

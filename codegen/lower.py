@@ -1,0 +1,206 @@
+"""Equations → kernel IR: one op (or a few) per equation, layouts fixed by `layout`.
+
+Each right-hand side form has one lowering, registered by type.  Loss bodies that take
+the log of a softmax read a log-softmax computed alongside it (never ``log(0)``).
+
+Example:
+    >>> import sympy as sp
+    >>> N = sp.Symbol("N")
+    >>> W = sp.MatrixSymbol("W1", 3, 2); X = sp.MatrixSymbol("X", 2, N)
+    >>> Z = sp.MatrixSymbol("Z1", 3, N)
+    >>> program = lower("forward", [sp.Eq(Z, W * X, evaluate=False)], N, leading=("X",))
+    >>> program.ops, program.arguments
+    ((MatMul(out='Z1', a=('X', False), b=('W1', True), formula='Z1 = W1*X'),), ('X', 'W1', 'Z1'))
+"""
+
+from __future__ import annotations
+
+from functools import singledispatch
+
+import sympy as sp
+
+from codegen import layout
+from codegen.expr import Elementwise, LogSoftmax, LogSoftmaxVJP, Softmax, SoftmaxVJP, Total
+from codegen.fusion import fuse_loops, reads
+from codegen.ir import Buffer, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+
+I, J = sp.symbols("i j", integer=True)
+ROW_OPS = {Softmax: "softmax", LogSoftmax: "log_softmax", SoftmaxVJP: "softmax_vjp",
+           LogSoftmaxVJP: "log_softmax_vjp"}
+
+
+class _Context:
+    def __init__(self, batch: sp.Symbol):
+        self.batch = batch
+        self.buffers: dict[str, Buffer] = {}
+        self.softmax_input: dict[str, str] = {}
+        self.ops: list = []
+
+    def buffer(self, m: sp.MatrixSymbol) -> str:
+        if m.name not in self.buffers:
+            self.buffers[m.name] = Buffer(m.name, layout.storage_shape(m, self.batch))
+        return m.name
+
+    def ref(self, m: sp.MatrixSymbol, space: tuple) -> sp.Indexed:
+        """``m`` at the loop's current entry: [i, j], [i] or, for a bias, [j]."""
+        shape = self.buffers[self.buffer(m)].shape
+        base = sp.IndexedBase(m.name)
+        if len(shape) == len(space):
+            return base[I, J] if len(space) == 2 else base[I]
+        return base[J]
+
+    def log_softmax_of(self, name: str) -> str:
+        """The name of a log-softmax buffer for softmax output ``name`` (added once)."""
+        out = f"log_{name}"
+        if out not in self.buffers:
+            self.buffers[out] = Buffer(out, self.buffers[name].shape)
+            self.ops.append(RowOp("log_softmax", out, (self.softmax_input[name],),
+                                  f"{out} = log_softmax({self.softmax_input[name]})"))
+        return out
+
+
+def _formula(eq: sp.Eq) -> str:
+    """``dZ1 = dA1*A1*(1 - A1)``: the equation with operands named, for a comment."""
+    rhs = eq.rhs
+    if isinstance(rhs, Elementwise):
+        rhs = rhs.body(*(sp.Symbol(m.name) for m in rhs.operands))
+    elif isinstance(rhs, sp.Expr) and rhs.has(Total):
+        (total,) = rhs.atoms(Total)
+        body = total.matrix.body(*(sp.Symbol(m.name) for m in total.matrix.operands))
+        rhs = rhs.xreplace({total: sp.Function("sum")(body)})
+    return f"{eq.lhs} = {rhs}"
+
+
+def _elementwise(ctx: _Context, expr: Elementwise, space: tuple) -> sp.Expr:
+    refs = [ctx.ref(m, space) for m in expr.operands]
+    value = expr.body(*refs)
+    # log(softmax) → log-softmax: finite where the softmax underflows to 0.
+    for m, r in zip(expr.operands, refs):
+        if m.name in ctx.softmax_input and value.has(sp.log(r)):
+            log_ref = sp.IndexedBase(ctx.log_softmax_of(m.name))[r.indices]
+            value = value.xreplace({sp.log(r): log_ref})
+    return value
+
+
+@singledispatch
+def _lower(rhs, lhs, ctx: _Context) -> None:
+    raise TypeError(f"codegen cannot lower {type(rhs).__name__}: {lhs} = {rhs}")
+
+
+@_lower.register
+def _(rhs: sp.MatMul, lhs, ctx):
+    factors = rhs.args
+    if len(factors) == 2 and isinstance(factors[1], sp.OneMatrix):
+        ctx.ops.append(RowSum(ctx.buffer(lhs), ctx.buffer(factors[0]), f"{lhs} = {rhs}"))
+        return
+    if len(factors) != 2:
+        raise TypeError(f"codegen lowers products of two matrices, got {lhs} = {rhs}")
+    for f in factors:
+        ctx.buffer(f.arg if isinstance(f, sp.Transpose) else f)
+    a, b = layout.product(lhs, factors[0], factors[1], ctx.batch)
+    ctx.ops.append(MatMul(ctx.buffer(lhs), a, b, f"{lhs} = {rhs}"))
+
+
+@_lower.register
+def _(rhs: sp.MatAdd, lhs, ctx):
+    products = [t for t in rhs.args if not _is_bias(t)]
+    biases = [t for t in rhs.args if _is_bias(t)]
+    if len(products) != 1:
+        raise TypeError(f"codegen lowers one product plus biases, got {lhs} = {rhs}")
+    _lower(products[0], lhs, ctx)
+    space = ctx.buffers[ctx.buffer(lhs)].shape
+    value = ctx.ref(lhs, space) + sum(ctx.ref(t.args[0], space) for t in biases)
+    ctx.ops.append(Loop(space, ((lhs.name, value),), formulas=(f"{lhs} += bias",)))
+
+
+def _is_bias(term) -> bool:
+    return isinstance(term, sp.MatMul) and isinstance(term.args[-1], sp.OneMatrix) and \
+        term.args[-1].shape[0] == 1
+
+
+@_lower.register
+def _(rhs: Elementwise, lhs, ctx):
+    space = ctx.buffers[ctx.buffer(lhs)].shape
+    for m in rhs.operands:
+        ctx.buffer(m)
+    ctx.ops.append(Loop(space, ((lhs.name, _elementwise(ctx, rhs, space)),),
+                        formulas=(_formula(sp.Eq(lhs, rhs, evaluate=False)),)))
+
+
+def _row_op(rhs, lhs, ctx):
+    inputs = tuple(ctx.buffer(a) for a in rhs.args)
+    if not layout.batch_major(lhs, ctx.batch):
+        raise TypeError(f"{type(rhs).__name__} needs samples as columns: {lhs} = {rhs}")
+    ctx.ops.append(RowOp(ROW_OPS[type(rhs)], ctx.buffer(lhs), inputs, f"{lhs} = {rhs}"))
+    if isinstance(rhs, Softmax):
+        ctx.softmax_input[lhs.name] = inputs[0]
+
+
+for _cls in ROW_OPS:
+    _lower.register(_cls)(_row_op)
+
+
+def _loss(eq: sp.Eq, ctx: _Context) -> None:
+    (total,) = eq.rhs.atoms(Total)
+    body = total.matrix
+    for m in body.operands:
+        ctx.buffer(m)
+    space = ctx.buffers[body.operands[0].name].shape
+    scale = eq.rhs / total
+    ctx.ops.append(Reduce(eq.lhs.name, space, _elementwise(ctx, body, space), scale,
+                          _formula(eq)))
+
+
+def _writes(op) -> set[str]:
+    if isinstance(op, Loop):
+        return {t for t, _ in op.assigns if t not in op.locals}
+    if isinstance(op, Reduce):
+        return set()
+    return {op.out}
+
+
+def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[str, ...] = (),
+          keep: frozenset[str] = frozenset(), one_hot: dict[str, str] | None = None) -> Program:
+    """Lower ``equations`` (in order) to a fused `Program` named ``name``.
+
+    Arguments are ``leading`` (the per-call inputs) followed by every other array the
+    program touches, in order of first use; values that only live inside one fused loop
+    become registers unless ``keep`` names them.  ``one_hot`` maps a target matrix to the
+    labels argument it is built from.  A scalar equation (the loss) is the return value.
+    """
+    ctx = _Context(batch)
+    returns = None
+    for target, labels in (one_hot or {}).items():
+        ctx.ops.append(OneHot(target, labels))
+    for eq in equations:
+        if isinstance(eq.lhs, sp.Symbol):
+            _loss(eq, ctx)
+            returns = eq.lhs.name
+        else:
+            _lower(eq.rhs, eq.lhs, ctx)
+    ops = fuse_loops(tuple(ctx.ops), set(keep) | set(leading))
+    arrays: list[str] = list(leading)
+    for op in ops:
+        for n in sorted(reads(op)) + sorted(_writes(op)):
+            if n not in arrays and (n in ctx.buffers or n in leading):
+                arrays.append(n)
+    index = {I, J, batch}
+    scalars = sorted({s.name for op in ops for s in _expressions_symbols(op)} -
+                     {s.name for s in index} - set(arrays) -
+                     {f"t_{t}" for op in ops if isinstance(op, Loop) for t, _ in op.assigns})
+    return Program(name, ops, tuple(arrays), tuple(scalars), ctx.buffers, returns)
+
+
+def _expressions_symbols(op) -> set[sp.Symbol]:
+    if isinstance(op, Loop):
+        exprs = [e for _, e in op.assigns]
+    elif isinstance(op, Reduce):
+        exprs = [op.expr, op.scale]
+    else:
+        return set()
+    found = set()
+    for e in exprs:
+        found |= {s for s in e.free_symbols if isinstance(s, sp.Symbol)
+                  and not isinstance(s, sp.Dummy)}
+    return {s for s in found if not isinstance(s, sp.Indexed)} - {
+        x.label for e in exprs for x in e.atoms(sp.IndexedBase)}

@@ -1,0 +1,66 @@
+"""Input checks at the boundary: clear errors that name the layer or loss, never a Numba
+traceback, and never a kernel run on data that would corrupt parameters.
+
+Example:
+    >>> import numpy as np, symnet as sn
+    >>> check_inputs(sn.Sequential(sn.Linear(3, 2)), np.ones((2, 4)), np.float32)
+    Traceback (most recent call last):
+    ...
+    ValueError: Linear(3, 2) (layer 0) got input with 4 features, expected 3
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from symnet.graph import _leaf_layers
+from symnet.module import Linear, Module
+
+
+def _first_linear(model: Module) -> tuple[str, Linear]:
+    return next((k, m) for k, m in _leaf_layers(model) if isinstance(m, Linear))
+
+
+def check_inputs(model: Module, inputs, dtype) -> np.ndarray:
+    """A C-contiguous (N, in_features) array of ``dtype``, or ValueError/TypeError."""
+    key, first = _first_linear(model)
+    where = f"{first!r} (layer {key})"
+    array = np.asarray(inputs)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{where} got input of dtype {array.dtype}, expected numbers")
+    if array.ndim != 2:
+        raise ValueError(f"{where} expects input of shape (N, {first.in_features}), "
+                         f"got shape {array.shape}")
+    if array.shape[1] != first.in_features:
+        raise ValueError(f"{where} got input with {array.shape[1]} features, "
+                         f"expected {first.in_features}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{where} got an empty batch (0 samples)")
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{where} got input containing NaN or Inf")
+    return array
+
+
+def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
+    """Class indices in [0, outputs) for index losses, else an (N, outputs) float array."""
+    array = np.asarray(target)
+    if loss.target_kind == "index":
+        if array.dtype.kind not in "iu" or array.shape != (batch,):
+            raise ValueError(f"{loss!r} expects integer class indices of shape ({batch},), "
+                             f"got {array.dtype} array of shape {array.shape}")
+        if batch and (array.min() < 0 or array.max() >= outputs):
+            bad = array[(array < 0) | (array >= outputs)][0]
+            raise ValueError(f"{loss!r}: label {bad} is outside [0, {outputs})")
+        return np.ascontiguousarray(array, dtype=np.int64)
+    if array.shape == (batch,) and outputs == 1:
+        array = array.reshape(batch, 1)
+    if array.shape != (batch, outputs):
+        raise ValueError(f"{loss!r} expects targets of shape ({batch}, {outputs}), "
+                         f"got {array.shape}")
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{loss!r} got targets of dtype {array.dtype}, expected numbers")
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{loss!r} got targets containing NaN or Inf")
+    return array

@@ -1,0 +1,117 @@
+"""The PyTorch-style front door: ``model(X)``, ``loss_fn(out, y)``, ``loss.backward()``,
+``optimizer.step()`` — each a call into compiled kernels.
+
+``model(X)`` remembers (weakly) which model and input produced its output, so the loss can
+run the gradient kernel; ``backward()`` adds the gradients into ``p.grad`` (accumulating
+until ``zero_grad``, as in PyTorch).
+
+Example:
+    >>> import numpy as np, symnet as sn
+    >>> sn.manual_seed(0)
+    >>> model = sn.Sequential(sn.Linear(3, 2))
+    >>> out = model(np.ones((4, 3), np.float32))
+    >>> out.shape
+    (4, 2)
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from symnet import kernels
+from symnet.checks import check_inputs, check_targets
+from symnet.module import Module
+
+_tape: dict[int, tuple] = {}
+
+
+def _remember(output: np.ndarray, model: Module, inputs: np.ndarray) -> None:
+    key = id(output)
+    _tape[key] = (weakref.ref(output), model, inputs)
+    weakref.finalize(output, _tape.pop, key, None)
+
+
+def forward(model: Module, inputs) -> np.ndarray:
+    """Run the model's compiled forward kernel on a batch-major (N, features) array."""
+    dtype = model.dtype
+    X = check_inputs(model, inputs, dtype)
+    unit = kernels.model_unit(model, None, dtype)
+    provided = {kernels.INPUT: X, **_parameters(unit, model)}
+    args = unit.buffers("forward", X.shape[0], provided)
+    unit.functions["forward"](*args)
+    output = unit.buffers("forward", X.shape[0], provided)[
+        unit.programs["forward"].arguments.index(unit.graph.output)].copy()
+    _remember(output, model, X)
+    return output
+
+
+def _parameters(unit, model: Module) -> dict[str, np.ndarray]:
+    by_key = dict(model.named_parameters())
+    return {name: by_key[key].data for name, key in unit.graph.params.items()}
+
+
+class LossValue:
+    """A computed loss: a float (``float(loss)``, ``loss.item()``) that can ``backward()``."""
+
+    def __init__(self, value: float, gradients: dict | None):
+        self.value = value
+        self._gradients = gradients
+
+    def item(self) -> float:
+        return self.value
+
+    def __float__(self) -> float:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"LossValue({self.value:.6g})"
+
+    def backward(self) -> None:
+        """Add dL/dθ into every parameter's ``.grad``."""
+        if self._gradients is None:
+            raise RuntimeError("this loss was computed on an array that no symnet model "
+                               "produced, so it has no gradients; pass model(X) to the loss")
+        for parameter, grad in self._gradients.items():
+            parameter.grad = grad.copy() if parameter.grad is None else parameter.grad + grad
+        self._gradients = None
+
+
+def loss_value(loss, output, target) -> LossValue:
+    """Evaluate ``loss`` on a model's output; gradients are computed in the same kernel."""
+    entry = _tape.get(id(output))
+    if entry is None or entry[0]() is not output:
+        raise ValueError(f"{loss!r} needs the array returned by model(X) (it recomputes the "
+                         "forward pass in its gradient kernel); got an unrelated array")
+    _, model, X = entry
+    dtype = model.dtype
+    unit = kernels.model_unit(model, loss, dtype)
+    target_array = check_targets(loss, target, X.shape[0], output.shape[1], dtype)
+    leading = unit.programs["gradients"].arguments[:2]
+    provided = {leading[0]: X, leading[1]: target_array, **_parameters(unit, model)}
+    args = unit.buffers("gradients", X.shape[0], provided)
+    value = float(unit.functions["gradients"](*args))
+    names = unit.programs["gradients"].arguments
+    by_key = dict(model.named_parameters())
+    gradients = {by_key[key]: args[names.index("d" + name)].copy()
+                 for name, key in unit.graph.params.items()}
+    return LossValue(value, gradients)
+
+
+def optimizer_step(optimizer) -> None:
+    """One update of every parameter that has a gradient (PyTorch skips the others)."""
+    if not any(p.grad is not None for p in optimizer.params):
+        return
+    optimizer.step_count += 1
+    hyper = {**optimizer.hyperparameters(), "t": optimizer.step_count}
+    for parameter, state in zip(optimizer.params, optimizer.state):
+        if parameter.grad is None:
+            continue
+        unit = kernels.optimizer_unit(optimizer, parameter.dtype)
+        name = "update_vector" if parameter.data.ndim == 1 else "update_matrix"
+        program = unit.programs[name]
+        grad = np.ascontiguousarray(parameter.grad, dtype=parameter.dtype)
+        states = [state[prefix] for prefix in optimizer.state_prefixes]
+        scalars = [hyper[s] for s in program.scalars]
+        unit.functions[name](parameter.data, grad, *states, *scalars)

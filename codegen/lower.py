@@ -24,7 +24,7 @@ from codegen.expr import Elementwise, LogSoftmax, LogSoftmaxVJP, Softmax, Softma
 from codegen.fusion import fuse_loops, reads
 from codegen.ir import Buffer, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 
-I, J = sp.symbols("i j", integer=True)
+I, J = sp.symbols("i j", integer=True)  # noqa: E741 - loop indices
 ROW_OPS = {Softmax: "softmax", LogSoftmax: "log_softmax", SoftmaxVJP: "softmax_vjp",
            LogSoftmaxVJP: "log_softmax_vjp"}
 

@@ -32,6 +32,8 @@ from symnet.losses import (
     NLLLoss,
 )
 from symnet.module import Linear, Module, Parameter, Sequential, manual_seed
+from symnet.serialization import load, save
+from symnet.step import TrainStep, compile
 
 __version__ = "0.1.0"
 
@@ -39,5 +41,5 @@ __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Derivation", "GELU",
     "LeakyReLU", "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter",
     "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "derive",
-    "manual_seed", "optim",
+    "manual_seed", "optim", "compile", "TrainStep", "save", "load",
 ]

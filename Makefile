@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(PY) -m symnet equations --layers 64,32,10 --activation sigmoid --loss cross-entropy --optimizer adam
 	$(PY) -m symnet verify --layers 64,32,10 --activation sigmoid --loss cross-entropy
+	$(PY) -m symnet train --dataset digits --layers 64,64,10 --activation relu --optimizer adam --epochs 30 --save digits.safetensors
+	$(PY) -m symnet evaluate --checkpoint digits.safetensors --dataset digits
 
 test: setup
 	$(PY) -m ruff check .
@@ -23,3 +25,4 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/derive_speed.py
+	$(PY) benchmarks/train_step.py

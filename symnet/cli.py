@@ -1,4 +1,4 @@
-"""The ``symnet`` command: print, verify (and, with the CPU backend, train) networks.
+"""The ``symnet`` command: print, verify, train and evaluate networks.
 
 Example:
     $ symnet equations --layers 784,128,10 --activation relu --loss cross-entropy
@@ -18,6 +18,10 @@ EXAMPLES = """examples:
   symnet equations --layers 784,128,10 --activation relu --loss cross-entropy
   symnet equations --layers 4,8,3 --activation sigmoid --optimizer adam --format latex
   symnet verify --layers 4,3,2 --activation tanh --loss mse
+  symnet train --dataset digits --layers 64,64,10 --activation relu --optimizer adam \\
+      --epochs 30 --save ck.safetensors
+  symnet evaluate --checkpoint ck.safetensors --dataset digits
+  symnet train --csv data.csv --target label --layers 4,16,3
 """
 
 
@@ -48,7 +52,29 @@ def parser() -> argparse.ArgumentParser:
                               epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     _architecture_arguments(ver)
     ver.add_argument("--numeric", action="store_true", help="also run central differences")
+    tr = commands.add_parser("train", help="train an MLP with the compiled fused step",
+                             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--layers", required=True, help="widths, input first: 64,64,10")
+    tr.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATIONS)}")
+    tr.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    tr.add_argument("--lr", type=float, help="learning rate (default 1e-3; 0.05 for sgd)")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--batch-size", type=int, default=32)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    _data_arguments(tr)
+    tr.add_argument("--save", help="write a checkpoint (safetensors) here at the end")
+    ev = commands.add_parser("evaluate", help="score a checkpoint on its seeded test split",
+                             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--checkpoint", required=True)
+    _data_arguments(ev)
     return top
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="a bundled data set: digits")
+    p.add_argument("--csv", help="a CSV file with a header row instead of --dataset")
+    p.add_argument("--target", help="the CSV column holding the label")
 
 
 def _derivation(args):
@@ -81,7 +107,29 @@ def _verify(args) -> int:
     return 0 if all(reports) else 1
 
 
-COMMANDS = {"equations": _equations, "verify": _verify}
+def _train(args) -> int:
+    from symnet.train import TrainConfig, save_checkpoint, train
+
+    config = TrainConfig(parse_layers(args.layers), args.activation, args.optimizer, args.lr,
+                         args.epochs, args.batch_size, args.seed, args.dataset, args.csv,
+                         args.target, args.dtype)
+    result = train(config)
+    if args.save:
+        save_checkpoint(result, config, args.save)
+        print(f"saved {args.save}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from symnet.train import evaluate_checkpoint
+
+    score = evaluate_checkpoint(args.checkpoint, args.dataset, args.csv, args.target)
+    print(f"test accuracy {score:.4f}" if score >= 0 else f"test MSE {-score:.6g}")
+    return 0
+
+
+COMMANDS = {"equations": _equations, "verify": _verify, "train": _train,
+            "evaluate": _evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as error:
         print(f"symnet: error: {error}", file=sys.stderr)
         return 2
 

@@ -225,7 +225,8 @@ def gradcheck(derivation, size: int = 3, batch: int = 3, seed: int = 0, h: float
         name = eq.lhs.name[1:]
         if name not in derivation.graph.params:
             continue
-        derived = np.array(sp.lambdify(symbols, derived_exprs, "math")(*base), dtype=float)
+        entries = sp.lambdify(symbols, list(derived_exprs), "math")(*base)
+        derived = np.array(entries, dtype=float).reshape(derived_exprs.shape)
         numeric = np.zeros_like(derived)
         for (i, j), s in np.ndenumerate(np.array(symbolic[name], dtype=object)):
             k = symbols.index(s)

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+from functools import singledispatch
+
 import sympy as sp
 from sympy.core.symbol import Str
 
@@ -134,9 +136,7 @@ class Total(sp.Expr):
         return sp.Add(*matrix)
 
 
-COLUMN_OPS = (Softmax, LogSoftmax, SoftmaxVJP, LogSoftmaxVJP)
-
-
+@singledispatch
 def evaluate(expr: sp.Basic, env: dict[str, sp.Matrix]) -> sp.Basic:
     """Expand ``expr`` to an explicit matrix (or scalar), given explicit values by name.
 
@@ -145,29 +145,49 @@ def evaluate(expr: sp.Basic, env: dict[str, sp.Matrix]) -> sp.Basic:
         >>> evaluate(W * X, {"W": sp.Matrix([[1, 2]]), "X": sp.Matrix([3, 4])})
         Matrix([[11]])
     """
-    if isinstance(expr, sp.MatrixSymbol):
-        return env[expr.name]
-    if isinstance(expr, sp.OneMatrix):
-        return sp.ones(*expr.shape)
-    if isinstance(expr, Elementwise):
-        return expr.evaluate(*(evaluate(op, env) for op in expr.operands))
-    if isinstance(expr, (*COLUMN_OPS, Total)):
-        return expr.evaluate(*(evaluate(op, env) for op in expr.args))
-    if isinstance(expr, sp.Transpose):
-        return evaluate(expr.arg, env).T
-    if isinstance(expr, sp.MatMul):
-        scalars = [a for a in expr.args if not getattr(a, "is_Matrix", False)]
-        result = sp.Mul(*scalars)
-        for factor in (a for a in expr.args if getattr(a, "is_Matrix", False)):
-            result = result * evaluate(factor, env)
-        return result
-    if isinstance(expr, sp.MatAdd):
-        terms = [evaluate(a, env) for a in expr.args]
-        out = terms[0]
-        for t in terms[1:]:
-            out = out + t
-        return out
-    if isinstance(expr, sp.Expr) and not expr.is_Matrix:
-        replacements = {t: evaluate(t, env) for t in expr.atoms(Total)}
-        return expr.xreplace(replacements)
+    if isinstance(expr, sp.Expr) and not expr.is_Matrix:  # a scalar: expand its totals
+        return expr.xreplace({t: evaluate(t, env) for t in expr.atoms(Total)})
     raise TypeError(f"cannot evaluate {type(expr).__name__}: {expr}")
+
+
+@evaluate.register
+def _(expr: sp.MatrixSymbol, env):
+    return env[expr.name]
+
+
+@evaluate.register
+def _(expr: sp.OneMatrix, env):
+    return sp.ones(*expr.shape)
+
+
+@evaluate.register
+def _(expr: Elementwise, env):
+    return expr.evaluate(*(evaluate(op, env) for op in expr.operands))
+
+
+@evaluate.register(_ColumnOp)
+@evaluate.register(Total)
+def _(expr, env):
+    return expr.evaluate(*(evaluate(op, env) for op in expr.args))
+
+
+@evaluate.register
+def _(expr: sp.Transpose, env):
+    return evaluate(expr.arg, env).T
+
+
+@evaluate.register
+def _(expr: sp.MatMul, env):
+    result = sp.Mul(*(a for a in expr.args if not getattr(a, "is_Matrix", False)))
+    for factor in (a for a in expr.args if getattr(a, "is_Matrix", False)):
+        result = result * evaluate(factor, env)
+    return result
+
+
+@evaluate.register
+def _(expr: sp.MatAdd, env):
+    terms = [evaluate(a, env) for a in expr.args]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total

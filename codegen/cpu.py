@@ -6,7 +6,7 @@ Example:
     >>> N = sp.Symbol("N")
     >>> p = Program("f", (MatMul("Z1", ("X", False), ("W1", True), "Z1 = W1*X"),),
     ...             ("X", "W1", "Z1"), (), {"X": Buffer("X", (N, 2))})
-    >>> print(render_function(p, N).splitlines()[-1])
+    >>> print(render_function(p, N).splitlines()[-2])
         np.dot(X, W1.T, Z1)
 """
 
@@ -46,8 +46,9 @@ def _hoisted(exprs: list[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], lis
         return e.has(sp.Indexed) or any(s.name.startswith("t_") for s in e.free_symbols)
 
     def hoist(e: sp.Expr) -> sp.Expr:
-        if not varies(e) and not e.is_Atom and not e.is_Number and not (
-                e.is_Mul and all(a.is_Atom for a in e.args)):
+        # Only scalar expressions: a Piecewise branch or condition is not a value.
+        if isinstance(e, sp.Expr) and not varies(e) and not e.is_Atom and not e.is_Number \
+                and not (e.is_Mul and all(a.is_Atom for a in e.args)):
             return invariants.setdefault(e, sp.Symbol(f"k{len(invariants)}"))
         if e.is_Atom or not e.args:
             return e
@@ -67,16 +68,30 @@ def _render_loop(op: Loop, parallel: bool) -> list[str]:
         exprs.append(expr.xreplace(local_of))
         local_of[sp.IndexedBase(target)[index]] = sp.Symbol(f"t_{target}")
     replacements, reduced = _hoisted(exprs)
-    outside = [(s, e) for s, e in replacements if not e.has(sp.Indexed)]
-    inside = [(s, e) for s, e in replacements if e.has(sp.Indexed)]
+    # A subexpression varies per entry if it reads an array, an earlier assignment's
+    # register (t_Z1) or another varying subexpression; it must then be computed inside
+    # the loop, after the registers it reads.
+    registers = {sp.Symbol(f"t_{target}") for target, _ in op.assigns}
+    outside, inside, varying = [], [], set()
+    for s, e in replacements:
+        if e.has(sp.Indexed) or e.free_symbols & (registers | varying):
+            inside.append((s, e))
+            varying.add(s)
+        else:
+            outside.append((s, e))
     lines = [f"# {f}" for f in op.formulas]
     lines += [f"{s} = {kernel_code(e)}" for s, e in outside]
     header, pad = _loop_header(op.space, parallel)
     lines += header
-    lines += [f"{pad}{s} = {kernel_code(e)}" for s, e in inside]
     at = ", ".join(str(s) for s in index)
+    defined: set[sp.Symbol] = set()
     for (target, _), value in zip(op.assigns, reduced):
+        for s, e in [(s, e) for s, e in inside if s not in defined]:
+            if e.free_symbols & (registers | varying) <= defined:
+                lines.append(f"{pad}{s} = {kernel_code(e)}")
+                defined.add(s)
         lines.append(f"{pad}t_{target} = {kernel_code(value)}")
+        defined.add(sp.Symbol(f"t_{target}"))
         if target not in op.locals:
             lines.append(f"{pad}{target}[{at}] = t_{target}")
     return lines

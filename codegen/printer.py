@@ -69,8 +69,9 @@ class KernelPrinter(PythonCodePrinter):
             return f"math.sqrt({self._print(base)})"
         if exp == 2:
             b = self._print(base)
-            return f"({b})*({b})" if not base.is_Atom and not isinstance(base, sp.Indexed) \
-                else f"{b}*{b}"
+            # Parenthesised whole: it may stand in a denominator (a/(b*b), not a/b*b).
+            return f"(({b})*({b}))" if not base.is_Atom and not isinstance(base, sp.Indexed) \
+                else f"({b}*{b})"
         return super()._print_Pow(expr, rational)
 
     def _print_Rational(self, expr):

@@ -8,8 +8,10 @@ Example:
     >>> import symnet as sn
     >>> model = sn.Sequential(sn.Linear(4, 8), sn.Sigmoid(), sn.Linear(8, 3))
     >>> d = sn.derive(model, sn.CrossEntropyLoss(reduction="sum"))
-    >>> [f"{eq.lhs} = {eq.rhs}" for eq in d.backward][:2]
-    ['dZ2 = Elementwise(Lambda((_e0, _e1), _e0 - _e1), , Yhat, Y)', 'dW2 = dZ2*A1.T']
+    >>> [str(eq.lhs) for eq in d.backward]
+    ['dZ2', 'dW2', 'db2', 'dA1', 'dZ1', 'dW1', 'db1']
+    >>> str(d.backward[1].rhs)
+    'dZ2*A1.T'
 """
 
 from __future__ import annotations

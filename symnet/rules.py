@@ -9,8 +9,8 @@ Example:
     >>> import sympy as sp
     >>> W = sp.MatrixSymbol("W2", 3, 8); A = sp.MatrixSymbol("A1", 8, 5)
     >>> Z = sp.MatrixSymbol("Z2", 3, 5); G = sp.MatrixSymbol("dZ2", 3, 5)
-    >>> {str(k): str(v) for k, v in vjp(sp.Eq(Z, W * A), G).items()}
-    {'W2': 'dZ2*A1.T', 'A1': 'W2.T*dZ2'}
+    >>> sorted((str(k), str(v)) for k, v in vjp(sp.Eq(Z, W * A), G).items())
+    [('A1', 'W2.T*dZ2'), ('W2', 'dZ2*A1.T')]
 """
 
 from __future__ import annotations

@@ -29,16 +29,45 @@ ROW_OPS = {Softmax: "softmax", LogSoftmax: "log_softmax", SoftmaxVJP: "softmax_v
            LogSoftmaxVJP: "log_softmax_vjp"}
 
 
+def _column_matrices(equations: list[sp.Eq]) -> set[str]:
+    """Column vectors stored as (rows, 1) matrices rather than 1-D: those in a product.
+
+    A weight with one input feature is (rows, 1) like a bias, but BLAS needs it 2-D, as do
+    its gradient and, through the elementwise updates that mix them, its optimizer state.
+    """
+    def column(m) -> bool:
+        return isinstance(m, sp.MatrixSymbol) and m.shape[1] == 1
+
+    found: set[str] = set()
+    for eq in equations:
+        terms = eq.rhs.args if isinstance(eq.rhs, sp.MatAdd) else (eq.rhs,)
+        for term in terms:
+            if isinstance(term, sp.MatMul) and not term.has(sp.OneMatrix):
+                factors = (eq.lhs, *(f.arg if isinstance(f, sp.Transpose) else f
+                                     for f in term.args))
+                found |= {f.name for f in factors if column(f)}
+    changed = True
+    while changed:
+        groups = [[m.name for m in (eq.lhs, *eq.rhs.operands) if column(m)]
+                  for eq in equations if isinstance(eq.rhs, Elementwise)]
+        grown = found.union(*(g for g in groups if found.intersection(g)))
+        changed, found = grown != found, grown
+    return found
+
+
 class _Context:
-    def __init__(self, batch: sp.Symbol):
+    def __init__(self, batch: sp.Symbol, column_matrices: set[str] = frozenset()):
         self.batch = batch
         self.buffers: dict[str, Buffer] = {}
         self.softmax_input: dict[str, str] = {}
         self.ops: list = []
+        self.column_matrices = column_matrices
 
     def buffer(self, m: sp.MatrixSymbol) -> str:
         if m.name not in self.buffers:
-            self.buffers[m.name] = Buffer(m.name, layout.storage_shape(m, self.batch))
+            shape = (m.shape[0], 1) if m.name in self.column_matrices else \
+                layout.storage_shape(m, self.batch)
+            self.buffers[m.name] = Buffer(m.name, shape)
         return m.name
 
     def ref(self, m: sp.MatrixSymbol, space: tuple) -> sp.Indexed:
@@ -168,7 +197,7 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
     become registers unless ``keep`` names them.  ``one_hot`` maps a target matrix to the
     labels argument it is built from.  A scalar equation (the loss) is the return value.
     """
-    ctx = _Context(batch)
+    ctx = _Context(batch, _column_matrices(equations))
     returns = None
     for target, labels in (one_hot or {}).items():
         ctx.ops.append(OneHot(target, labels))

@@ -18,7 +18,11 @@ from symnet.module import Linear, Module
 
 
 def _first_linear(model: Module) -> tuple[str, Linear]:
-    return next((k, m) for k, m in _leaf_layers(model) if isinstance(m, Linear))
+    found = next(((k, m) for k, m in _leaf_layers(model) if isinstance(m, Linear)), None)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no Linear layer, so its input width "
+                         "is unknown")
+    return found
 
 
 def check_inputs(model: Module, inputs, dtype) -> np.ndarray:

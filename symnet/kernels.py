@@ -59,11 +59,14 @@ def _shape(shape: tuple, batch: int) -> tuple[int, ...]:
 
 
 def structure_key(model: Module, loss: Loss | None, dtype) -> tuple:
-    """What decides the equations: layers (with their formulas), loss, dtype."""
+    """What decides the equations: layers (with their formulas), loss, dtype — and the
+    parameters' state-dict keys, which the unit's graph maps its symbols to (a nested
+    Sequential has the same layers as a flat one but keys '0.0.weight', not '0.weight')."""
     layers = tuple((type(m).__name__, repr(m), str(getattr(m, "expr", ""))) for m in
                    model.layers())
+    keys = tuple(name for name, _ in model.named_parameters())
     loss_key = None if loss is None else (type(loss).__name__, loss.reduction, str(loss.expr))
-    return layers, loss_key, np.dtype(dtype).name
+    return layers, keys, loss_key, np.dtype(dtype).name
 
 
 def target_arguments(loss: Loss) -> tuple[tuple[str, ...], dict[str, str]]:

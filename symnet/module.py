@@ -156,11 +156,17 @@ class Module:
                 problems.append(
                     f"{key!r} has shape {tuple(np.shape(state[key]))}, expected {p.shape}"
                 )
-        if problems:
-            raise ValueError(f"load_state_dict for {type(self).__name__}: " + "; ".join(problems))
+        converted = {}
         for key, p in own.items():
             if key in state:
-                p.data[...] = np.asarray(state[key], dtype=p.dtype)
+                try:  # convert everything before writing anything
+                    converted[key] = np.asarray(state[key], dtype=p.dtype)
+                except (TypeError, ValueError) as e:
+                    problems.append(f"{key!r} cannot be converted to {p.dtype}: {e}")
+        if problems:
+            raise ValueError(f"load_state_dict for {type(self).__name__}: " + "; ".join(problems))
+        for key, value in converted.items():
+            own[key].data[...] = value
 
     @property
     def dtype(self) -> type:

@@ -88,6 +88,7 @@ class TextPrinter(_Hadamard, StrPrinter):
     def __init__(self):
         super().__init__({"order": "none"})
         self._operand_names: set[str] = set()
+        self._operand_texts: dict[str, str] = {}
 
     def _fraction(self, sign, top, bottom):
         return f"{sign}{top}/{bottom}"
@@ -172,15 +173,28 @@ def _print_body(printer, expr: Elementwise, names: list[str]) -> str:
     """Print ``expr.body`` with each variable shown as its operand's name."""
     stand_ins = [sp.Symbol(f"__operand{k}", real=True) for k in range(len(names))]
     value = expr.body(*stand_ins)
-    previous = printer._operand_names
+    previous = printer._operand_names, printer._operand_texts
     printer._operand_names = {s.name for s in stand_ins}
+    printer._operand_texts = {s.name: n for s, n in zip(stand_ins, names)}
     try:
         out = printer._print(value)
     finally:
-        printer._operand_names = previous
+        printer._operand_names, printer._operand_texts = previous
     for k in reversed(range(len(names))):
         out = out.replace(f"__operand{k}", names[k])
     return out
+
+
+def _unwrap(s: str) -> str:
+    """``(a + b)`` → ``a + b``, but ``(a + b)·(c)`` stays whole: only one enclosing pair."""
+    if not (s.startswith("(") and s.endswith(")")):
+        return s
+    depth = 0
+    for ch in s[1:-1]:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return s
+    return s[1:-1] if depth == 0 else s
 
 
 class LaTeXPrinter(_Hadamard, LatexPrinter):
@@ -192,10 +206,11 @@ class LaTeXPrinter(_Hadamard, LatexPrinter):
     def __init__(self):
         super().__init__()
         self._operand_names: set[str] = set()
+        self._operand_texts: dict[str, str] = {}
 
     def _fraction(self, sign, top, bottom):
         sign = "-" if sign else ""
-        return rf"{sign}\frac{{{top.strip('()')}}}{{{bottom.strip('()')}}}"
+        return rf"{sign}\frac{{{_unwrap(top)}}}{{{_unwrap(bottom)}}}"
 
     def _name(self, name: str) -> str:
         if name in LATEX_NAMES:
@@ -228,7 +243,8 @@ class LaTeXPrinter(_Hadamard, LatexPrinter):
 
     def _print_Pow(self, expr):
         base = self._print(expr.base)
-        if "^" in base and expr.exp != sp.S.Half:
+        # An operand stand-in prints bare here but becomes e.g. A^{(1)}: brace it too.
+        if "^" in self._operand_texts.get(base, base) and expr.exp != sp.S.Half:
             return rf"\left({base}\right)^{{{self._print(expr.exp)}}}"
         return super()._print_Pow(expr)
 

@@ -71,8 +71,8 @@ class LossValue:
     def backward(self) -> None:
         """Add dL/dθ into every parameter's ``.grad``."""
         if self._gradients is None:
-            raise RuntimeError("this loss was computed on an array that no symnet model "
-                               "produced, so it has no gradients; pass model(X) to the loss")
+            raise RuntimeError("backward() was already called on this loss (its gradients "
+                               "are in p.grad); compute the loss again to backpropagate again")
         for parameter, grad in self._gradients.items():
             parameter.grad = grad.copy() if parameter.grad is None else parameter.grad + grad
         self._gradients = None

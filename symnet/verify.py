@@ -129,7 +129,11 @@ def _exp_generators(expr: sp.Expr) -> sp.Expr:
     If the result cancels to zero as a rational function of independent ``E_m``, it is zero
     for the actual exponentials too, so this is a sound (and fast) proof step.
     """
-    expr = sp.expand_power_exp(expr.rewrite(sp.exp))
+    expr = expr.rewrite(sp.exp)
+    # a**w with a symbolic w is exp(w·log a) by definition; one spelling for both sides.
+    expr = expr.replace(lambda e: e.is_Pow and not e.exp.is_Number and e.base is not sp.E,
+                        lambda e: sp.exp(e.exp * sp.log(e.base)))
+    expr = sp.expand_power_exp(expr)
     generators: dict[sp.Expr, sp.Dummy] = {}
     replace = {}
     for atom in expr.atoms(sp.exp):

@@ -1,0 +1,441 @@
+"""Kernel IR → Numba CUDA source: one ``@cuda.jit`` kernel per op and a host driver.
+
+The driver is a plain Python function named after the program, with the CPU function's
+parameters (device arrays, then scalars) plus one 1-element float64 device array per
+reduction (``total_L``).  It launches the kernels in order, with grids computed from the
+shapes, and copies only the loss back.  Mirrors `codegen.cpu` op by op:
+
+- ``MatMul``: tiled shared-memory product; a transposed operand is read in place by
+  index arithmetic (loads stay coalesced), never copied.
+- ``Loop``: one thread per entry, registers for locals; loop invariants (``1 − β₁ᵗ``) are
+  computed once on the host and passed in.
+- ``RowSum``: one thread per output column, summing its column: no race, deterministic.
+- ``RowOp``: one thread per sample row, max-subtracted as on the CPU.
+- ``Reduce``: per-thread partials, a shared-memory tree per block, one ``atomic.add``
+  per block into ``total``; the scale is applied on the host.
+
+Example:
+    >>> import sympy as sp
+    >>> from codegen.ir import MatMul, Program, Buffer
+    >>> p = Program("f", (MatMul("C", ("A", True), ("B", False), "C = A.T*B"),),
+    ...             ("A", "B", "C"), (), {n: Buffer(n, (3, 3)) for n in "ABC"})
+    >>> "def matmul_tn(C, A, B):" in render_module([p], sp.Symbol("N"), "float32")
+    True
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from codegen.cpu import _ROW_BODIES, _hoisted
+from codegen.ir import Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+from codegen.lower import I, J
+from codegen.printer import HELPERS, KernelPrinter
+
+INDENT = "    "
+TILE = 16  # matmul tile edge: 16×16 = 256 threads per block
+
+#: Builtins Numba's CUDA target cannot compile (``max``/``min`` are ``*args`` overloads
+#: there: "Signature mismatch" in ``compile_ptx``), as two-operand device functions.
+DEVICE_BUILTINS = {"max": "_max", "min": "_min"}
+BUILTIN_HELPERS = '''
+@cuda.jit(device=True)
+def _max(a, b):
+    return a if a > b else b
+
+
+@cuda.jit(device=True)
+def _min(a, b):
+    return a if a < b else b
+'''
+_BUILTIN_CALL = re.compile(r"\b(" + "|".join(DEVICE_BUILTINS) + r")\(")
+
+
+def device_text(source: str) -> str:
+    """Source shared with the CPU (helpers, row bodies) with ``max(`` → ``_max(``."""
+    return _BUILTIN_CALL.sub(lambda m: DEVICE_BUILTINS[m.group(1)] + "(", source)
+
+
+class CudaPrinter(KernelPrinter):
+    """The shared kernel printer, with ``Max``/``Min`` as nested two-operand helpers."""
+
+    def _fold(self, name: str, expr) -> str:
+        args = [self._print(a) for a in expr.args]
+        text = args[0]
+        for a in args[1:]:
+            text = f"{name}({text}, {a})"
+        return text
+
+    def _print_Max(self, expr):
+        return self._fold(DEVICE_BUILTINS["max"], expr)
+
+    def _print_Min(self, expr):
+        return self._fold(DEVICE_BUILTINS["min"], expr)
+
+
+_PRINTER = CudaPrinter()
+
+
+def kernel_code(expr: sp.Expr) -> str:
+    """Python source for a scalar expression inside a CUDA kernel."""
+    return _PRINTER.doprint(expr)
+
+
+HELPER_NAMES = frozenset(re.findall(r"def (\w+)\(", HELPERS + BUILTIN_HELPERS))
+
+#: launch-size helpers, defined once at the top of every generated module
+LAUNCH = '''
+def _pow2(n, cap):
+    """The smallest power of two ≥ n, at most cap: small arrays get small blocks."""
+    size = 1
+    while size < min(n, cap):
+        size *= 2
+    return size
+
+
+def _line(n):
+    """(grid, block) for one thread per item of n."""
+    threads = _pow2(n, THREADS)
+    return (n + threads - 1) // threads, threads
+
+
+def _plane(rows, cols):
+    """(grid, block) for one thread per entry; x runs along a stored row (coalesced)."""
+    tx = _pow2(cols, 32)
+    ty = _pow2(rows, THREADS // tx)
+    return ((cols + tx - 1) // tx, (rows + ty - 1) // ty), (tx, ty)
+
+
+def _tiles(C):
+    """(grid, block) for the tiled product writing C: one block per TILE×TILE tile."""
+    return ((C.shape[1] + TILE - 1) // TILE, (C.shape[0] + TILE - 1) // TILE), (TILE, TILE)
+'''
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One ``@cuda.jit`` function: its name, parameters and body (``def`` included)."""
+
+    name: str
+    params: tuple[str, ...]
+    lines: tuple[str, ...]
+
+
+@dataclass
+class _Render:
+    """What the renderers accumulate: kernels by name and the driver's lines."""
+
+    kernels: dict[str, Kernel]
+    driver: list[str] = field(default_factory=list)
+    returns: dict[str, str] = field(default_factory=dict)  # scalar → host expression
+
+    def kernel(self, stem: str, params, body: list[str], doc: str) -> str:
+        """Add a kernel named after ``stem`` (made unique) and return its name."""
+        name, n = stem, 1
+        while name in self.kernels:
+            n += 1
+            name = f"{stem}_{n}"
+        lines = (f"def {name}({', '.join(params)}):", f'{INDENT}"""{doc}"""',
+                 *(INDENT + line for line in body))
+        self.kernels[name] = Kernel(name, tuple(params), lines)
+        return name
+
+
+def _code(e) -> str:
+    return e if isinstance(e, str) else kernel_code(e)
+
+
+# --- products ------------------------------------------------------------------------------
+def _tile_load(side: str, transposed: bool) -> list[str]:
+    """Fill one shared tile; with a transpose, threads swap roles so reads stay coalesced.
+
+    ``a_tile[r, k] = op(A)[row0 + r, k0 + k]`` and ``b_tile[k, c] = op(B)[k0 + k, col0 + c]``;
+    threadIdx.x always walks the stored array's contiguous axis.
+    """
+    if side == "A":
+        if transposed:  # op(A)[r, k] = A[k, r]
+            return ["if row0 + tx < rows and k0 + ty < inner:",
+                    f"{INDENT}a_tile[tx, ty] = A[k0 + ty, row0 + tx]",
+                    "else:", f"{INDENT}a_tile[tx, ty] = 0"]
+        return ["if row0 + ty < rows and k0 + tx < inner:",
+                f"{INDENT}a_tile[ty, tx] = A[row0 + ty, k0 + tx]",
+                "else:", f"{INDENT}a_tile[ty, tx] = 0"]
+    if transposed:  # op(B)[k, c] = B[c, k]
+        return ["if col0 + ty < cols and k0 + tx < inner:",
+                f"{INDENT}b_tile[tx, ty] = B[col0 + ty, k0 + tx]",
+                "else:", f"{INDENT}b_tile[tx, ty] = 0"]
+    return ["if k0 + ty < inner and col0 + tx < cols:",
+            f"{INDENT}b_tile[ty, tx] = B[k0 + ty, col0 + tx]",
+            "else:", f"{INDENT}b_tile[ty, tx] = 0"]
+
+
+def _matmul_kernel(ta: bool, tb: bool) -> tuple[list[str], str]:
+    name = "matmul_" + ("t" if ta else "n") + ("t" if tb else "n")
+    inner = "A.shape[0]" if ta else "A.shape[1]"
+    loads = _tile_load("A", ta) + _tile_load("B", tb)
+    body = [
+        "# +1 column: a transposed store walks a column without shared-memory bank conflicts",
+        "a_tile = cuda.shared.array((TILE, PADDED), DTYPE)",
+        "b_tile = cuda.shared.array((TILE, PADDED), DTYPE)",
+        "tx, ty = cuda.threadIdx.x, cuda.threadIdx.y",
+        "row0, col0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE",
+        f"rows, cols, inner = C.shape[0], C.shape[1], {inner}",
+        "acc = DTYPE(0)",
+        "for k0 in range(0, inner, TILE):",
+        *(INDENT + line for line in loads),
+        f"{INDENT}cuda.syncthreads()",
+        f"{INDENT}for k in range(TILE):",
+        f"{INDENT * 2}acc += a_tile[ty, k] * b_tile[k, tx]",
+        f"{INDENT}cuda.syncthreads()  # before the next tile overwrites these",
+        "if row0 + ty < rows and col0 + tx < cols:",
+        f"{INDENT}C[row0 + ty, col0 + tx] = acc",
+    ]
+    return body, name
+
+
+def _render_matmul(op: MatMul, r: _Render) -> None:
+    (a, ta), (b, tb) = op.a, op.b
+    body, name = _matmul_kernel(ta, tb)
+    if name not in r.kernels:
+        shown = f"C = {'Aᵀ' if ta else 'A'}·{'Bᵀ' if tb else 'B'}"
+        r.kernel(name, ("C", "A", "B"), body,
+                 f"{shown}, tiled through shared memory (transposes by index arithmetic).")
+    r.driver += [f"# {op.formula}", f"{name}[_tiles({op.out})]({op.out}, {a}, {b})"]
+
+
+# --- entry-wise loops ----------------------------------------------------------------------
+def _arrays_and_scalars(exprs, skip: set[sp.Symbol]) -> tuple[list[str], set[sp.Symbol]]:
+    """Arrays (in order of first use) and scalar symbols the expressions read."""
+    arrays: list[str] = []
+    scalars: set[sp.Symbol] = set()
+    for e in exprs:
+        labels = set()
+        for x in sorted(e.atoms(sp.Indexed), key=str):
+            labels.add(x.base.label)
+            if x.base.label.name not in arrays:
+                arrays.append(x.base.label.name)
+        scalars |= {s for s in e.free_symbols if isinstance(s, sp.Symbol)} - labels
+    return arrays, scalars - skip - {I, J}
+
+
+def _calls_helper(e: sp.Expr) -> bool:
+    return any(f"{h}(" in kernel_code(e) for h in HELPER_NAMES)
+
+
+def _split_loop(op: Loop):
+    """(host invariants, per-thread lines' sources, reduced values) as the CPU splits them."""
+    index = (I, J) if len(op.space) == 2 else (I,)
+    local_of: dict[sp.Indexed, sp.Symbol] = {}
+    exprs = []
+    for target, expr in op.assigns:
+        exprs.append(expr.xreplace(local_of))
+        local_of[sp.IndexedBase(target)[index]] = sp.Symbol(f"t_{target}")
+    replacements, reduced = _hoisted(exprs)
+    registers = {sp.Symbol(f"t_{target}") for target, _ in op.assigns}
+    host, inside, varying = [], [], set()
+    for s, e in replacements:
+        # Device helpers (_sigmoid) cannot run on the host: such invariants go per thread.
+        if e.has(sp.Indexed) or e.free_symbols & (registers | varying) or _calls_helper(e):
+            inside.append((s, e))
+            varying.add(s)
+        else:
+            host.append((s, e))
+    return host, inside, reduced, registers, varying
+
+
+def _render_loop(op: Loop, r: _Render) -> None:
+    host, inside, reduced, registers, varying = _split_loop(op)
+    two_d = len(op.space) == 2
+    at = "i, j" if two_d else "i"
+    body: list[str] = []
+    defined: set[sp.Symbol] = set()
+    for (target, _), value in zip(op.assigns, reduced):
+        for s, e in [(s, e) for s, e in inside if s not in defined]:
+            if e.free_symbols & (registers | varying) <= defined:
+                body.append(f"{INDENT}{s} = {kernel_code(e)}")
+                defined.add(s)
+        body.append(f"{INDENT}t_{target} = {kernel_code(value)}")
+        defined.add(sp.Symbol(f"t_{target}"))
+        if target not in op.locals:
+            body.append(f"{INDENT}{target}[{at}] = t_{target}")
+    arrays, scalars = _arrays_and_scalars([e for _, e in inside] + list(reduced),
+                                          registers | varying)
+    arrays += [t for t, _ in op.assigns if t not in op.locals and t not in arrays]
+    extents = [_code(x) for x in op.space]
+    scalars |= {x for x in op.space if isinstance(x, sp.Symbol)}
+    params = arrays + sorted(str(s) for s in scalars)
+    if two_d:
+        head = ["j, i = cuda.grid(2)  # x along a stored row: neighbours read neighbours",
+                f"if i < {extents[0]} and j < {extents[1]}:"]
+    else:
+        head = ["i = cuda.grid(1)", f"if i < {extents[0]}:"]
+    stored = [t for t, _ in op.assigns if t not in op.locals]
+    name = r.kernel(f"loop_{stored[-1] if stored else op.assigns[-1][0]}", params,
+                    [f"# {f}" for f in op.formulas] + head + body,
+                    "One thread per entry; locals stay in registers.")
+    launch = f"_plane({extents[0]}, {extents[1]})" if two_d else f"_line({extents[0]})"
+    r.driver += [f"# {f}" for f in op.formulas]
+    r.driver += [f"{s} = {kernel_code(e)}  # loop invariant, once per step" for s, e in host]
+    r.driver.append(f"{name}[{launch}]({', '.join(params)})")
+
+
+# --- sums over samples, per-row ops, reductions, one-hot ----------------------------------
+def _render_rowsum(op: RowSum, r: _Render) -> None:
+    body = [f"# {op.formula}", "j = cuda.grid(1)", f"if j < {op.out}.shape[0]:",
+            f"{INDENT}acc = 0.0", f"{INDENT}for i in range({op.src}.shape[0]):",
+            f"{INDENT * 2}acc += {op.src}[i, j]", f"{INDENT}{op.out}[j] = acc"]
+    name = r.kernel(f"rowsum_{op.out}", (op.out, op.src), body,
+                    "One thread per output column owns its whole sum: no race.")
+    r.driver += [f"# {op.formula}", f"{name}[_line({op.out}.shape[0])]({op.out}, {op.src})"]
+
+
+def _render_rowop(op: RowOp, r: _Render) -> None:
+    names = dict(zip("ab", op.inputs), out=op.out)
+    body = [f"# {op.formula}", "i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
+            *(INDENT + device_text(line.format(**names)) for line in _ROW_BODIES[op.kind])]
+    params = (op.out, *op.inputs)
+    name = r.kernel(f"{op.kind}_{op.out}", params, body,
+                    "One thread per sample row; the row maximum is subtracted before exp.")
+    r.driver += [f"# {op.formula}", f"{name}[_line({op.out}.shape[0])]({', '.join(params)})"]
+
+
+def accumulators(program: Program) -> tuple[str, ...]:
+    """The driver's trailing arguments: a 1-element float64 device array per reduction."""
+    return tuple(f"total_{op.out}" for op in program.ops if isinstance(op, Reduce))
+
+
+def _render_reduce(op: Reduce, r: _Render) -> None:
+    arrays, scalars = _arrays_and_scalars([op.expr], set())
+    scalars |= {x for x in op.space if isinstance(x, sp.Symbol)}
+    total = f"total_{op.out}"
+    params = [total, *arrays, *sorted(str(s) for s in scalars)]
+    rows = _code(op.space[0])
+    per_thread = [f"if i < {rows}:"]
+    if len(op.space) == 2:
+        per_thread += [f"{INDENT}for j in range({_code(op.space[1])}):",
+                       f"{INDENT * 2}partial += {kernel_code(op.expr)}"]
+    else:
+        per_thread += [f"{INDENT}partial += {kernel_code(op.expr)}"]
+    body = [f"# {op.formula}  (the scale is applied on the host)",
+            "block = cuda.shared.array(THREADS, ACCUMULATOR)",
+            "i = cuda.grid(1)", "tid = cuda.threadIdx.x", "partial = 0.0", *per_thread,
+            "block[tid] = partial", "cuda.syncthreads()",
+            "half = cuda.blockDim.x // 2  # blocks are powers of two",
+            "while half > 0:", f"{INDENT}if tid < half:",
+            f"{INDENT * 2}block[tid] += block[tid + half]", f"{INDENT}cuda.syncthreads()",
+            f"{INDENT}half //= 2", "if tid == 0:", f"{INDENT}cuda.atomic.add({total}, 0, block[0])"]
+    name = r.kernel(f"reduce_{op.out}", params, body,
+                    "Per-thread partial sums, a tree per block, one atomic add per block.")
+    if "_clear" not in r.kernels:
+        r.kernel("_clear", ("total",), ["total[0] = 0.0"], "Zero an accumulator on the device.")
+    r.driver += [f"# {op.formula}", f"_clear[1, 1]({total})",
+                 f"{name}[_line({rows})]({', '.join(params)})"]
+    r.returns[op.out] = f"{_code(op.scale)} * {total}.copy_to_host()[0]"
+
+
+def _render_onehot(op: OneHot, r: _Render) -> None:
+    body = ["i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
+            f"{INDENT}for j in range({op.out}.shape[1]):", f"{INDENT * 2}{op.out}[i, j] = 0.0",
+            f"{INDENT}{op.out}[i, {op.labels}[i]] = 1.0"]
+    name = r.kernel(f"one_hot_{op.out}", (op.out, op.labels), body,
+                    f"{op.out} = one_hot({op.labels}): one thread per sample row.")
+    r.driver += [f"# {op.out} = one_hot({op.labels})",
+                 f"{name}[_line({op.out}.shape[0])]({op.out}, {op.labels})"]
+
+
+RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
+             RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot}
+
+
+# --- the module ----------------------------------------------------------------------------
+def _scalar_symbols(program: Program) -> dict[str, sp.Symbol]:
+    exprs = [e for op in program.ops if isinstance(op, Loop) for _, e in op.assigns]
+    exprs += [e for op in program.ops if isinstance(op, Reduce) for e in (op.expr, op.scale)]
+    found = {s.name: s for e in exprs for s in e.free_symbols if isinstance(s, sp.Symbol)}
+    return {name: found.get(name, sp.Symbol(name)) for name in program.scalars}
+
+
+def render_program(program: Program, batch: sp.Symbol,
+                   known: dict[str, Kernel] | None = None) -> tuple[list[Kernel], str]:
+    """The kernels of one program and the source of its host driver.
+
+    ``known`` holds kernels already in the module (from earlier programs): names stay
+    unique and the shared products are not repeated.
+    """
+    r = _Render(dict(known or {}))
+    bound: set[sp.Symbol] = set()
+    for name in program.arguments:  # sizes come from the arrays: N = X.shape[0]
+        for axis, extent in enumerate(getattr(program.buffers.get(name), "shape", ())):
+            if isinstance(extent, sp.Symbol) and extent not in bound:
+                r.driver.append(f"{extent} = {name}.shape[{axis}]")
+                bound.add(extent)
+    for name, symbol in _scalar_symbols(program).items():
+        # One type per scalar, so a kernel compiles once (lr=1 and lr=0.1 alike).
+        r.driver.append(f"{name} = {'int' if symbol.is_integer else 'float'}({name})")
+    for op in program.ops:
+        RENDERERS[type(op)](op, r)
+    r.driver.append(f"return {r.returns[program.returns]}" if program.returns else
+                    "return 0.0")
+    params = ", ".join((*program.arguments, *program.scalars, *accumulators(program)))
+    driver = f"def {program.name}({params}):\n" + "\n".join(INDENT + x for x in r.driver)
+    new = [k for name, k in r.kernels.items() if name not in (known or {})]
+    return new, driver
+
+
+def kernels(program: Program, batch: sp.Symbol) -> list[Kernel]:
+    """The kernels `render_module` emits for ``program`` (for signatures and PTX checks)."""
+    return render_program(program, batch)[0]
+
+
+def signature(kernel: Kernel, program: Program, dtype) -> tuple:
+    """Numba argument types of ``kernel`` as the driver launches it (for ``compile_ptx``)."""
+    from numba import types
+
+    real = types.float32 if np.dtype(dtype) == np.float32 else types.float64
+    labels = {op.labels for op in program.ops if isinstance(op, OneHot)}
+    scalars = _scalar_symbols(program)
+    out = []
+    for name in kernel.params:
+        if name in labels:
+            out.append(types.Array(types.int64, 1, "C"))
+        elif name == "total" or name.startswith("total_"):
+            out.append(types.Array(types.float64, 1, "C"))
+        elif kernel.name.startswith("matmul_") or name in program.buffers:
+            ndim = 2 if kernel.name.startswith("matmul_") else len(program.buffers[name].shape)
+            out.append(types.Array(real, ndim, "C"))
+        elif name in scalars and not scalars[name].is_integer:
+            out.append(types.float64)
+        elif name in scalars or any(isinstance(x, sp.Symbol) and x.name == name
+                                    for b in program.buffers.values() for x in b.shape):
+            out.append(types.int64)
+        else:  # a host invariant (k0, c0)
+            out.append(types.float64)
+    return tuple(out)
+
+
+def render_module(programs: list[Program], batch: sp.Symbol, dtype, tile: int = TILE,
+                  header: str = "") -> str:
+    """A whole module: imports, launch helpers, device helpers, kernels, host drivers."""
+    dtype_name = np.dtype(dtype).name
+    parts = [f'"""{header}"""' if header else "", "import math", "", "import numba",
+             "from numba import cuda", "",
+             f"DTYPE = numba.{dtype_name}  # the arrays' dtype (shared-memory tiles)",
+             "ACCUMULATOR = numba.float64  # reductions add in float64, as on the CPU",
+             f"TILE = {tile}", "PADDED = TILE + 1  # a global, so the tile's shape is a constant",
+             "THREADS = 256  # most threads per 1-D block (a power of two)",
+             LAUNCH, BUILTIN_HELPERS,
+             device_text(HELPERS.format(jit="cuda.jit(device=True)"))]
+    drivers, known = [], {}
+    for program in programs:
+        program_kernels, driver = render_program(program, batch, known)
+        for k in program_kernels:
+            parts += ["", "@cuda.jit(cache=True)", "\n".join(k.lines), ""]
+            known[k.name] = k
+        drivers.append(driver)
+    for driver in drivers:
+        parts += ["", driver, ""]
+    return "\n".join(parts)

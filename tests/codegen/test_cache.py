@@ -1,0 +1,131 @@
+"""codegen.cache: generated source on disk, named by hash, written atomically, reused.
+
+Each test gets its own cache folder, so entries and Numba's index files are its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+from codegen import cache
+
+SOURCE = textwrap.dedent('''\
+    import numpy as np
+    from numba import njit
+
+
+    @njit(cache=True)
+    def weighted(x, k):
+        total = 0.0
+        for i in range(x.shape[0]):
+            total += (i + 1) * x[i] * k
+        return total
+''')
+OPTIONS = {"dtype": "float64", "parallel": False}
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(folder))
+    return folder
+
+
+def _unique_source(tag: str) -> str:
+    """Source not imported before in this process (modules are kept in sys.modules)."""
+    return SOURCE + f"\nTAG = {tag!r}\n"
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path / "a" / "b"))
+    assert cache.cache_dir() == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    monkeypatch.delenv("SYMNET_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "symnet"
+
+
+def test_same_source_same_entry_and_a_new_one_for_any_change(monkeypatch):
+    name = cache.entry_name(SOURCE, OPTIONS)
+    assert name == cache.entry_name(SOURCE, dict(reversed(list(OPTIONS.items()))))
+    others = {
+        cache.entry_name(SOURCE + "\n", OPTIONS),
+        cache.entry_name(SOURCE, {**OPTIONS, "parallel": True}),
+        cache.entry_name(SOURCE, {**OPTIONS, "dtype": "float32"}),
+        cache.entry_name(SOURCE, {**OPTIONS, "symnet": "0.2.0"}),
+    }
+    monkeypatch.setattr(cache.numba, "__version__", "0.0.1-test")
+    others.add(cache.entry_name(SOURCE, OPTIONS))
+    assert name not in others and len(others) == 5
+    assert name.startswith("symnet_") and name.isidentifier()
+
+
+def test_load_writes_once_and_imports(cache_dir, monkeypatch):
+    source = _unique_source("write-once")
+    module = cache.load_module(source, OPTIONS)
+    path = cache_dir / f"{cache.entry_name(source, OPTIONS)}.py"
+    assert path.is_file() and path.read_text().endswith(source)
+    x = np.arange(4.0)
+    assert module.weighted(x, 2.0) == pytest.approx(2 * float(np.dot(np.arange(1, 5), x)))
+    assert not list(cache_dir.glob("*.tmp"))  # the atomic write left nothing behind
+
+    writes = []
+    monkeypatch.setattr(cache, "_write_atomically", lambda *a: writes.append(a))
+    stamp = path.stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = cache.load_module(source, OPTIONS)
+    assert again is module and writes == [] and path.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "empty", "binary"])
+def test_damaged_entry_is_detected_and_rewritten(cache_dir, damage):
+    source = _unique_source(f"damaged-{damage}")
+    path = cache_dir / f"{cache.entry_name(source, OPTIONS)}.py"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    good = f"# symnet cache entry {path.stem}\n" + source
+    if damage == "truncate":
+        path.write_text(good[: len(good) // 2])
+    elif damage == "garble":
+        path.write_text(good.replace("total += ", "total -= "))
+    elif damage == "empty":
+        path.write_text("")
+    else:
+        path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        module = cache.load_module(source, OPTIONS)
+    assert path.read_text() == good
+    assert module.weighted(np.ones(3), 1.0) == 6.0  # the garbled `-=` was not imported
+
+
+def test_another_process_reuses_the_entry(cache_dir):
+    source = _unique_source("subprocess")
+    module = cache.load_module(source, OPTIONS)
+    x = np.linspace(-1.0, 2.0, 7)
+    expected = module.weighted(x, 0.5)
+    path = cache_dir / f"{cache.entry_name(source, OPTIONS)}.py"
+    stamp = path.stat().st_mtime_ns
+    assert list(cache_dir.rglob("*.nbi")), "numba wrote no cache index beside the module"
+    script = textwrap.dedent(f"""
+        import warnings
+        import numpy as np
+        from codegen import cache
+        warnings.simplefilter("error")
+        module = cache.load_module({source!r}, {OPTIONS!r})
+        print(repr(module.weighted(np.linspace(-1.0, 2.0, 7), 0.5)))
+        print(sum(module.weighted.stats.cache_hits.values()))
+    """)
+    env = {**os.environ, "SYMNET_CACHE_DIR": str(cache_dir)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    value, hits = run.stdout.split()
+    assert float(value) == expected
+    assert path.stat().st_mtime_ns == stamp  # found intact, not rewritten
+    assert int(hits) >= 1  # numba loaded machine code from the cache

@@ -38,7 +38,7 @@ def _loop_header(space, parallel: bool) -> tuple[list[str], str]:
             f"{INDENT}for j in {_range(space[1], False)}:"], INDENT * 2
 
 
-def _hoisted(exprs: list[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
+def hoisted(exprs: list[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
     """Loop invariants (no array, no loop value: ``1 − β₁ᵗ``) and common subexpressions."""
     invariants: dict[sp.Expr, sp.Symbol] = {}
 
@@ -67,7 +67,7 @@ def _render_loop(op: Loop, parallel: bool) -> list[str]:
     for target, expr in op.assigns:
         exprs.append(expr.xreplace(local_of))
         local_of[sp.IndexedBase(target)[index]] = sp.Symbol(f"t_{target}")
-    replacements, reduced = _hoisted(exprs)
+    replacements, reduced = hoisted(exprs)
     # A subexpression varies per entry if it reads an array, an earlier assignment's
     # register (t_Z1) or another varying subexpression; it must then be computed inside
     # the loop, after the registers it reads.
@@ -102,15 +102,22 @@ def _render_matmul(op: MatMul, parallel: bool) -> list[str]:
 
 
 def _render_rowsum(op: RowSum, parallel: bool) -> list[str]:
-    return [f"# {op.formula}  (each output owns its sum: no race)",
-            f"for j in {_range(op.out + '.shape[0]', parallel)}:",
-            f"{INDENT}acc = 0.0",
-            f"{INDENT}for i in range({op.src}.shape[0]):",
-            f"{INDENT * 2}acc += {op.src}[i, j]",
-            f"{INDENT}{op.out}[j] = acc"]
+    if parallel:  # each output owns its sum: no race between threads
+        return [f"# {op.formula}  (each output owns its sum: no race)",
+                f"for j in {_range(op.out + '.shape[0]', True)}:",
+                f"{INDENT}acc = 0.0",
+                f"{INDENT}for i in range({op.src}.shape[0]):",
+                f"{INDENT * 2}acc += {op.src}[i, j]",
+                f"{INDENT}{op.out}[j] = acc"]
+    # Serial: walk the rows in memory order, so the inner loop vectorises.
+    return [f"# {op.formula}",
+            f"{op.out}[:] = 0.0",
+            f"for i in range({op.src}.shape[0]):",
+            f"{INDENT}for j in range({op.out}.shape[0]):",
+            f"{INDENT * 2}{op.out}[j] += {op.src}[i, j]"]
 
 
-_ROW_BODIES = {
+ROW_BODIES = {
     "softmax": ["m = {a}[i, 0]", "for j in range(1, {a}.shape[1]):",
                 "    m = max(m, {a}[i, j])", "s = 0.0", "for j in range({a}.shape[1]):",
                 "    e = math.exp({a}[i, j] - m)", "    {out}[i, j] = e", "    s += e",
@@ -130,7 +137,7 @@ _ROW_BODIES = {
 
 def _render_rowop(op: RowOp, parallel: bool) -> list[str]:
     names = dict(zip("ab", op.inputs), out=op.out)
-    body = [INDENT + line.format(**names) for line in _ROW_BODIES[op.kind]]
+    body = [INDENT + line.format(**names) for line in ROW_BODIES[op.kind]]
     return [f"# {op.formula}", f"for i in {_range(op.out + '.shape[0]', parallel)}:", *body]
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from codegen.cpu import _ROW_BODIES, _hoisted
+from codegen.cpu import ROW_BODIES, hoisted
 from codegen.ir import Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 from codegen.lower import I, J
 from codegen.printer import HELPERS, KernelPrinter
@@ -234,7 +234,7 @@ def _split_loop(op: Loop):
     for target, expr in op.assigns:
         exprs.append(expr.xreplace(local_of))
         local_of[sp.IndexedBase(target)[index]] = sp.Symbol(f"t_{target}")
-    replacements, reduced = _hoisted(exprs)
+    replacements, reduced = hoisted(exprs)
     registers = {sp.Symbol(f"t_{target}") for target, _ in op.assigns}
     host, inside, varying = [], [], set()
     for s, e in replacements:
@@ -296,7 +296,7 @@ def _render_rowsum(op: RowSum, r: _Render) -> None:
 def _render_rowop(op: RowOp, r: _Render) -> None:
     names = dict(zip("ab", op.inputs), out=op.out)
     body = [f"# {op.formula}", "i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
-            *(INDENT + device_text(line.format(**names)) for line in _ROW_BODIES[op.kind])]
+            *(INDENT + device_text(line.format(**names)) for line in ROW_BODIES[op.kind])]
     params = (op.out, *op.inputs)
     name = r.kernel(f"{op.kind}_{op.out}", params, body,
                     "One thread per sample row; the row maximum is subtracted before exp.")

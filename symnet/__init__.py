@@ -8,7 +8,7 @@ Example:
     dZ2 = dZ2*A1.T
 """
 
-from symnet import optim
+from symnet import cuda, optim
 from symnet.activations import (
     GELU,
     Activation,
@@ -41,5 +41,5 @@ __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Derivation", "GELU",
     "LeakyReLU", "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter",
     "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "derive",
-    "manual_seed", "optim", "compile", "TrainStep", "save", "load",
+    "manual_seed", "optim", "compile", "TrainStep", "save", "load", "cuda",
 ]

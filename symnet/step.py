@@ -80,21 +80,26 @@ class TrainStep:
         batch = X.shape[0]
         Y = check_targets(self.loss, targets, batch, self.derivation.graph.target.shape[0],
                           self.dtype)
-        state = self._state()
-        identity = (batch, tuple(id(a) for a in state.values()))
+        identity = (batch, [id(p.data) for p in self.optimizer.params])
         if self._cache is None or self._cache[0] != identity:
             leading = self.program.arguments[:2]
-            args = self.unit.buffers("train_step", batch, {leading[0]: X, leading[1]: Y, **state})
+            args = self.unit.buffers("train_step", batch,
+                                     {leading[0]: X, leading[1]: Y, **self._state()})
             self._cache = (identity, args[2:])
         hyper = {**self.optimizer.hyperparameters(), "t": self.optimizer.step_count + 1}
-        scalars = [hyper[s] for s in self.program.scalars]
+        # Scalars in the model's dtype, so a float32 update loop stays float32.
+        scalars = [hyper[s] if s == "t" else self.dtype(hyper[s]) for s in self.program.scalars]
         value = self.function(X, Y, *self._cache[1], *scalars)
         self.optimizer.step_count += 1
         return float(value)
 
 
-def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = False) -> TrainStep:
+def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = False,
+            device: str = "cpu"):
     """Fuse forward, loss, backward and ``optimizer``'s update into one compiled step.
+
+    ``device="cuda"`` returns a `symnet.cuda.CudaTrainStep`: parameters and optimizer
+    state stay on the GPU between steps; call its ``sync()`` before reading them on the host.
 
     Example:
         >>> import symnet as sn
@@ -103,4 +108,10 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = Fa
         >>> "np.dot" in step.source()
         True
     """
+    if device == "cuda":
+        from symnet.cuda import CudaTrainStep
+
+        return CudaTrainStep(model, loss, optimizer)
+    if device != "cpu":
+        raise ValueError(f"compile: device must be 'cpu' or 'cuda', got {device!r}")
     return TrainStep(model, loss, optimizer, parallel)

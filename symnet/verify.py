@@ -146,30 +146,45 @@ def _branch_symbols(expr: sp.Expr) -> sp.Expr:
     """Replace each two-way choice on a condition ``c`` by ``s_c·a + (1 − s_c)·b``.
 
     One fresh symbol per distinct condition, shared by the forward value and its
-    derivative; ``Heaviside(z)`` is the choice on ``z > 0``.  A difference that vanishes
-    for every ``s_c`` vanishes on every branch, so the proof stays sound.
+    derivative; ``Heaviside(z)`` is the choice on ``z > 0``, ``Max(0, z)`` (ReLU) the same
+    choice between ``z`` and 0.  A difference that vanishes for every ``s_c`` vanishes on
+    every branch, so the proof stays sound.  One bottom-up pass, so a condition on a value
+    that itself holds choices is spelled alike wherever it occurs; a choice is never
+    rebuilt before it is replaced (``Max`` of large arguments is slow to construct).
     """
     selectors: dict[sp.Basic, sp.Dummy] = {}
+    done: dict[sp.Basic, sp.Basic] = {}
 
-    def selector(condition):
-        return selectors.setdefault(condition, sp.Dummy("s"))
-
-    def choice(pw):
-        if len(pw.args) != 2 or pw.args[1].cond != sp.true:
-            return pw
-        (a, c), (b, _) = pw.args
-        s = selector(c)
+    def select(condition, a, b):
+        s = selectors.setdefault(condition, sp.Dummy("s"))
         return s * a + (1 - s) * b
 
-    expr = expr.replace(lambda e: isinstance(e, sp.Heaviside),
-                        lambda e: selector(sp.StrictGreaterThan(e.args[0], 0)))
-    return expr.replace(lambda e: isinstance(e, sp.Piecewise), choice)
+    def walk(e):
+        if e in done or not e.args:
+            return done.get(e, e)
+        args = [walk(a) for a in e.args]
+        if isinstance(e, sp.Heaviside):
+            out = select(sp.StrictGreaterThan(args[0], 0), 1, 0)
+        elif isinstance(e, (sp.Max, sp.Min)) and len(args) == 2:
+            a, b = args if args[0] != 0 else args[::-1]
+            # Max(a, b) is a where a − b > 0; Min(a, b) is b there
+            out = select(sp.StrictGreaterThan(a - b, 0), *((a, b) if isinstance(e, sp.Max)
+                                                           else (b, a)))
+        elif (isinstance(e, sp.Piecewise) and len(args) == 2 and args[1].cond == sp.true):
+            (a, c), (b, _) = args
+            out = select(c, a, b)
+        else:
+            out = e if all(x is y for x, y in zip(args, e.args)) else e.func(*args)
+        done[e] = out
+        return out
+
+    return walk(expr)
 
 
 def _zero(difference: sp.Expr) -> bool:
     if difference == 0:
         return True
-    if difference.has(sp.Piecewise, sp.Heaviside):
+    if difference.has(sp.Piecewise, sp.Heaviside, sp.Max, sp.Min):
         difference = _branch_symbols(difference)
     attempts = (lambda e: sp.cancel(_exp_generators(e)), sp.simplify,
                 lambda e: sp.simplify(e.rewrite(sp.exp)))

@@ -1,8 +1,8 @@
 """CudaTrainStep against the CPU's `sn.compile`: same weights, same batches, three steps.
 
-Runs under Numba's CUDA simulator (or a GPU with ``NUMBA_ENABLE_CUDASIM=0``).  If Numba was
-imported before this module could enable the simulator, the file re-runs itself in a
-subprocess.  The simulator is slow (a Python thread per CUDA thread), so by default each
+Runs under Numba's CUDA simulator (or a GPU with ``NUMBA_ENABLE_CUDASIM=0``).  If
+``numba.cuda`` was loaded before this module could enable the simulator, the file re-runs
+itself in a subprocess.  The simulator is slow (a Python thread per CUDA thread), so by default each
 activation × loss × optimizer runs in one dtype, alternating, so every activation, loss
 and optimizer meets both; ``SYMNET_CUDA_FULL=1`` (or a real GPU) runs the whole cross.
 The CPU reference runs the CPU renderer's train step through the Python interpreter
@@ -18,6 +18,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # before Numba is imported
+
+import numba  # noqa: E402
+
+if "numba.cuda" not in sys.modules:  # Numba came first (another test module), numba.cuda
+    numba.config.reload_config()  # not yet: re-read, so the variable still takes effect
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

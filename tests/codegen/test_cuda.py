@@ -1,10 +1,10 @@
 """codegen.cuda: every kernel kind against numpy or `codegen.cpu` on the same Program.
 
-Runs under Numba's CUDA simulator (one Python thread per CUDA thread: tiny shapes), or on a
-GPU when ``NUMBA_ENABLE_CUDASIM=0`` and one is present.  If Numba was imported before this
-module could enable the simulator (another test module came first), the file re-runs
-itself in a subprocess.  ``test_kernels_compile_to_ptx`` compiles the generated kernels
-for sm_90 with the real CUDA compiler, which rejects code the simulator accepts.
+Runs under Numba's CUDA simulator (one Python thread per CUDA thread: tiny shapes), or on
+a GPU when ``NUMBA_ENABLE_CUDASIM=0`` and one is present.  If ``numba.cuda`` was loaded
+before this module could enable the simulator, the file re-runs itself in a subprocess.
+``test_kernels_compile_to_ptx`` compiles the generated kernels for sm_90 with the real
+CUDA compiler, which rejects code the simulator accepts.
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # before Numba is imported
+
+import numba  # noqa: E402
+
+if "numba.cuda" not in sys.modules:  # Numba came first (another test module), numba.cuda
+    numba.config.reload_config()  # not yet: re-read, so the variable still takes effect
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

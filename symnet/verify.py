@@ -233,26 +233,32 @@ def gradcheck(derivation, size: int = 3, batch: int = 3, seed: int = 0, h: float
     for name, m in symbolic.items():
         for s in m.free_symbols:
             numbers[s] = rng.uniform(0.05, 0.95) if name == "Y" else rng.uniform(-1.5, 1.5)
-    symbols = sorted(numbers, key=str)
-    env = _run(forward, symbolic)
-    loss = sp.lambdify(symbols, env[LOSS.name], "math")
+
+    def run(values: dict, equations) -> dict:
+        # Numbers all the way (evalf after each equation): a symbolic loss lambdified
+        # instead grows with depth until a 4-layer ReLU net takes minutes.
+        env = {name: m.xreplace(values) for name, m in symbolic.items()}
+        for eq in equations:
+            env[eq.lhs.name] = evaluate(eq.rhs, env).evalf()
+        return env
+
+    def loss(values: dict) -> float:
+        return float(run(values, forward)[LOSS.name])
+
+    base = {s: sp.Float(v) for s, v in numbers.items()}
+    env = run(base, [*forward, *backward])
     report = Report("central differences")
-    base = [numbers[s] for s in symbols]
     for eq in backward:
-        derived_exprs = evaluate(eq.rhs, env)
-        env[eq.lhs.name] = derived_exprs
         name = eq.lhs.name[1:]
         if name not in derivation.graph.params:
             continue
-        entries = sp.lambdify(symbols, list(derived_exprs), "math")(*base)
-        derived = np.array(entries, dtype=float).reshape(derived_exprs.shape)
+        derived = np.array(env[eq.lhs.name], dtype=float)
         numeric = np.zeros_like(derived)
         for (i, j), s in np.ndenumerate(np.array(symbolic[name], dtype=object)):
-            k = symbols.index(s)
-            plus, minus = list(base), list(base)
-            plus[k] += h
-            minus[k] -= h
-            numeric[i, j] = (loss(*plus) - loss(*minus)) / (2 * h)
+            plus, minus = dict(base), dict(base)
+            plus[s] += h
+            minus[s] -= h
+            numeric[i, j] = (loss(plus) - loss(minus)) / (2 * h)
         scale = max(np.abs(numeric).max(), 1e-3)
         err = float(np.abs(derived - numeric).max() / scale)
         report.checks.append(Check(eq.lhs.name, err < rtol, f"relative error {err:.2e}"))

@@ -174,7 +174,8 @@ class CudaTrainStep:
         arrays[first], arrays[second] = self.cuda.to_device(X), self.cuda.to_device(Y)
         hyper = {**self.optimizer.hyperparameters(), "t": self.optimizer.step_count + 1}
         value = self.function(*(arrays[n] for n in self.program.arguments),
-                              *(hyper[s] for s in self.program.scalars),
+                              *(hyper[s] if s == "t" else self.dtype(hyper[s])
+                                for s in self.program.scalars),
                               *(arrays[n] for n in render.accumulators(self.program)))
         self.optimizer.step_count += 1
         return float(value)

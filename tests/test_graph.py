@@ -37,9 +37,10 @@ def test_params_match_the_state_dict_keys():
     assert set(g.params.values()) == set(model.state_dict())
     state = model.state_dict()
     for name, key in g.params.items():
-        shape = g.symbol(name).shape
-        assert tuple(int(d) for d in shape) == state[key].shape or (
-            shape[1] == 1 and state[key].shape == (shape[0],))
+        rows, cols = (int(d) for d in g.symbol(name).shape)
+        # a weight has PyTorch's (out, in) shape; a bias (out,) becomes the column (out, 1)
+        assert state[key].shape == ((rows, cols) if name.startswith("W") else (rows,))
+        assert cols == 1 or name.startswith("W")
 
 
 def test_bias_false_has_no_bias_symbol():

@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,torch]'
+	$(PY) -m pip install -q -e '.[test,torch,mpi,progress,plot,mnist]'
 	touch $@
 
 run: setup
@@ -26,3 +26,4 @@ test: setup
 bench: setup
 	$(PY) benchmarks/derive_speed.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/mpi_scaling.py

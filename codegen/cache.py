@@ -4,8 +4,11 @@
 in a cache folder (``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else
 ``~/.cache/symnet``).  Its name is a hash of the source and every compile option, so a
 second process finds the same file and Numba loads the machine code instead of compiling.
-Files are written atomically (temporary file, fsync, rename): concurrent writers of one
-entry each write the same bytes, and a torn file is never seen.
+Files are written atomically (temporary file, fsync, then a hard link that fails if the
+entry exists): of several processes compiling one model at once the first writer wins, the
+others find its intact file, and a torn file is never seen.  A damaged entry (ours or
+Numba's index and machine code beside it) is detected, rebuilt and reported with a warning.
+Numba's own files are pickles: keep the cache folder private (it is created mode 0o700).
 
 Example:
     >>> import tempfile, os
@@ -20,13 +23,16 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
 
+import llvmlite
 import numba
+import numpy as np
 
 FORMAT = "1"
 
@@ -38,30 +44,74 @@ def cache_dir() -> Path:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
         root = os.path.join(base, "symnet")
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def toolchain() -> dict[str, str]:
+    """The versions machine code depends on: a change to any of them means new entries."""
+    return {"numba": numba.__version__, "numpy": np.__version__, "llvmlite": llvmlite.__version__,
+            "python": sys.version, "machine": platform.machine()}
 
 
 def entry_name(source: str, options: dict) -> str:
     """``symnet_<hash>``: the hash covers source, options and the toolchain's versions."""
     key = json.dumps({"source": source, "options": options, "format": FORMAT,
-                      "numba": numba.__version__, "python": sys.version_info[:2]},
-                     sort_keys=True, default=str)
+                      "toolchain": toolchain()}, sort_keys=True, default=str)
     return "symnet_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, replace: bool = True) -> bool:
+    """Write ``text`` to ``path`` whole or not at all; False if ``replace`` is off and another
+    process created ``path`` first (its file is then left alone)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # atomic, and fails if the entry exists: first writer wins
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: equal bytes, so replace
+            os.replace(tmp, path)
+        return True
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def _read(path: Path) -> str | None:
+    """The entry's text; None if missing, "" if unreadable (damaged)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _check_numba_files(module: ModuleType) -> None:
+    """Numba's index and machine-code files for each kernel must load; a damaged one
+    (truncated, garbled) is dropped, with a warning, so the kernel is compiled again."""
+    for name, kernel in vars(module).items():
+        files = getattr(getattr(kernel, "_cache", None), "_cache_file", None)
+        if files is None:
+            continue
+        try:
+            for data_name in files._load_index().values():
+                files._load_data(data_name)
+        except FileNotFoundError:
+            pass  # a concurrent writer's data file is not there yet: numba compiles
+        except Exception as error:  # noqa: BLE001 - any unpickling failure means damage
+            warnings.warn(f"symnet: numba's cache for {module.__name__}.{name} was damaged "
+                          f"({type(error).__name__}); recompiling it", RuntimeWarning,
+                          stacklevel=3)
+            kernel._cache.flush()
 
 
 def load_module(source: str, options: dict) -> ModuleType:
@@ -70,19 +120,18 @@ def load_module(source: str, options: dict) -> ModuleType:
     path = cache_dir() / f"{name}.py"
     stamp = f"# symnet cache entry {name}\n"
     text = stamp + source
-    try:
-        current = path.read_text(encoding="utf-8") if path.exists() else None
-    except (OSError, UnicodeDecodeError):
-        current = ""
-    if current != text:
-        if current is not None:
-            warnings.warn(f"symnet: cache entry {path} was damaged; rebuilding it",
-                          RuntimeWarning, stacklevel=2)
+    current = _read(path)
+    if current is None and not _write_atomically(path, text, replace=False):
+        current = _read(path)  # another process wrote it first: check theirs
+    if current is not None and current != text:
+        warnings.warn(f"symnet: cache entry {path} was damaged; rebuilding it",
+                      RuntimeWarning, stacklevel=2)
         _write_atomically(path, text)
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.modules[name] = module
+    sys.modules[name] = module  # before the check: numba's pickles name this module
+    _check_numba_files(module)
     return module

@@ -12,9 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import keyword
+
 import sympy as sp
 
-from codegen.ir import Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+from codegen.ir import CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 from codegen.lower import I, J
 from codegen.printer import HELPERS, kernel_code
 
@@ -80,7 +82,9 @@ def _render_loop(op: Loop, parallel: bool) -> list[str]:
         else:
             outside.append((s, e))
     lines = [f"# {f}" for f in op.formulas]
-    lines += [f"{s} = {kernel_code(e)}" for s, e in outside]
+    # Invariants in the arrays' own precision: `1 - beta1` is float64 in Numba (an int
+    # minus a float32), and one float64 factor turns a whole float32 loop into float64.
+    lines += [f"{s} = real({kernel_code(e)})" for s, e in outside]
     header, pad = _loop_header(op.space, parallel)
     lines += header
     at = ", ".join(str(s) for s in index)
@@ -162,12 +166,61 @@ def _render_onehot(op: OneHot, parallel: bool) -> list[str]:
             f"{INDENT}{op.out}[i, {op.labels}[i]] = 1.0"]
 
 
+def _render_check_finite(op: CheckFinite, parallel: bool) -> list[str]:
+    # v * 0.0 is 0.0 for finite v and NaN for NaN or ±Inf, so one branch-free sum (which
+    # vectorises) tells whether anything is not finite; the branch runs once, after it.
+    names = ", ".join([op.loss] * (op.loss is not None) + [n for n, _ in op.arrays])
+    lines = [f"# check_finite: no update unless {names} are finite",
+             f"nonfinite = {op.loss or 0.0} * 0.0"]
+    for name, ndim in op.arrays:
+        if ndim == 1:
+            lines += [f"for i in range({name}.shape[0]):", f"{INDENT}nonfinite += {name}[i] * 0.0"]
+        else:
+            lines += [f"for i in range({name}.shape[0]):",
+                      f"{INDENT}for j in range({name}.shape[1]):",
+                      f"{INDENT * 2}nonfinite += {name}[i, j] * 0.0"]
+    return lines + ["if nonfinite != 0.0:", f"{INDENT}return {op.loss or 0.0}, False"]
+
+
 RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
-             RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot}
+             RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot,
+             CheckFinite: _render_check_finite}
+
+
+def _identifiers(program: Program) -> None:
+    """Every name printed as code must be an identifier: no name can smuggle in code."""
+    names = [program.name, *program.arguments, *program.scalars]
+    for op in program.ops:
+        exprs = [e for _, e in op.assigns] if isinstance(op, Loop) else \
+            [op.expr, op.scale] if isinstance(op, Reduce) else []
+        names += [s.name for e in exprs for s in e.atoms(sp.Symbol)]
+    bad = sorted({n for n in names if not (isinstance(n, str) and n.isidentifier()
+                                            and not keyword.iskeyword(n))})
+    if bad:
+        raise ValueError(f"codegen: {bad} would be printed into generated code but "
+                         "not a Python identifier; rename the symbol")
+
+
+def _safe_line(line: str) -> str:
+    """A comment keeps its text with line breaks and control characters escaped (it can't
+    end early); code may not contain them at all."""
+    if line.lstrip().startswith("#"):
+        return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line)
+    if not line.isprintable():
+        raise ValueError(f"codegen: generated line {line!r} contains a control character")
+    return line
+
+
+def docstring_literal(text: str) -> str:
+    """``text`` as a module docstring that no backslash, quote or control character ends."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"""' + "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1]
+                           for c in text) + '"""'
 
 
 def render_function(program: Program, batch: sp.Symbol, parallel: bool = False) -> str:
     """The ``def`` of one program (without decorator)."""
+    _identifiers(program)
     params = ", ".join((*program.arguments, *program.scalars))
     body: list[str] = []
     bound: set[sp.Symbol] = set()
@@ -177,17 +230,22 @@ def render_function(program: Program, batch: sp.Symbol, parallel: bool = False) 
                 body.append(f"{extent} = {name}.shape[{axis}]")
                 bound.add(extent)
     for op in program.ops:
-        body += RENDERERS[type(op)](op, parallel)
-    body.append(f"return {program.returns}" if program.returns else "return 0.0")
+        body += [_safe_line(line) for line in RENDERERS[type(op)](op, parallel)]
+    result = program.returns or "0.0"
+    guarded = any(isinstance(op, CheckFinite) for op in program.ops)
+    body.append(f"return {result}, True" if guarded else f"return {result}")
     return f"def {program.name}({params}):\n" + "\n".join(INDENT + line for line in body)
 
 
 def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = False,
-                  header: str = "") -> str:
-    """A whole module: imports, stable helpers, one ``@njit(cache=True)`` per program."""
+                  header: str = "", real: str = "float64") -> str:
+    """A whole module: imports, stable helpers, one ``@njit(cache=True)`` per program.
+
+    ``real`` names the NumPy type of the arrays; loop invariants are computed in it.
+    """
     jit = f"njit(cache=True, parallel={parallel}, error_model='numpy')"
-    parts = [f'"""{header}"""' if header else "", "import math", "", "import numpy as np",
-             "from numba import njit, prange", "",
+    parts = [docstring_literal(header) if header else "", "import math", "", "import numpy as np",
+             "from numba import njit, prange", "", f"real = np.{real}", "",
              HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')")]
     for program in programs:
         parts += ["", f"@{jit}", render_function(program, batch, parallel), ""]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from codegen.cpu import ROW_BODIES, hoisted
+from codegen.cpu import ROW_BODIES, docstring_literal, hoisted
 from codegen.ir import Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 from codegen.lower import I, J
 from codegen.printer import HELPERS, KernelPrinter
@@ -139,7 +139,7 @@ class _Render:
         while name in self.kernels:
             n += 1
             name = f"{stem}_{n}"
-        lines = (f"def {name}({', '.join(params)}):", f'{INDENT}"""{doc}"""',
+        lines = (f"def {name}({', '.join(params)}):", INDENT + docstring_literal(doc),
                  *(INDENT + line for line in body))
         self.kernels[name] = Kernel(name, tuple(params), lines)
         return name
@@ -421,7 +421,7 @@ def render_module(programs: list[Program], batch: sp.Symbol, dtype, tile: int = 
                   header: str = "") -> str:
     """A whole module: imports, launch helpers, device helpers, kernels, host drivers."""
     dtype_name = np.dtype(dtype).name
-    parts = [f'"""{header}"""' if header else "", "import math", "", "import numba",
+    parts = [docstring_literal(header) if header else "", "import math", "", "import numba",
              "from numba import cuda", "",
              f"DTYPE = numba.{dtype_name}  # the arrays' dtype (shared-memory tiles)",
              "ACCUMULATOR = numba.float64  # reductions add in float64, as on the CPU",

@@ -82,6 +82,18 @@ class OneHot:
 
 
 @dataclass(frozen=True)
+class CheckFinite:
+    """Return early, before any update, unless the loss and every array in ``arrays`` are
+    finite: a step whose loss or gradients became NaN or Inf leaves the parameters as they were.
+
+    ``arrays`` are ``(name, ndim)`` pairs; the function then returns ``(loss, finite)``.
+    """
+
+    loss: str | None
+    arrays: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
 class Buffer:
     """An array the step reads or writes: its storage shape and whether it is 1-D."""
 

@@ -22,7 +22,7 @@ import sympy as sp
 from codegen import layout
 from codegen.expr import Elementwise, LogSoftmax, LogSoftmaxVJP, Softmax, SoftmaxVJP, Total
 from codegen.fusion import fuse_loops, reads
-from codegen.ir import Buffer, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+from codegen.ir import Buffer, CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 
 I, J = sp.symbols("i j", integer=True)  # noqa: E741 - loop indices
 ROW_OPS = {Softmax: "softmax", LogSoftmax: "log_softmax", SoftmaxVJP: "softmax_vjp",
@@ -183,30 +183,41 @@ def _loss(eq: sp.Eq, ctx: _Context) -> None:
 def _writes(op) -> set[str]:
     if isinstance(op, Loop):
         return {t for t, _ in op.assigns if t not in op.locals}
-    if isinstance(op, Reduce):
+    if isinstance(op, (Reduce, CheckFinite)):
         return set()
     return {op.out}
 
 
 def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[str, ...] = (),
-          keep: frozenset[str] = frozenset(), one_hot: dict[str, str] | None = None) -> Program:
+          keep: frozenset[str] = frozenset(), one_hot: dict[str, str] | None = None,
+          guard_at: int | None = None) -> Program:
     """Lower ``equations`` (in order) to a fused `Program` named ``name``.
 
     Arguments are ``leading`` (the per-call inputs) followed by every other array the
     program touches, in order of first use; values that only live inside one fused loop
     become registers unless ``keep`` names them.  ``one_hot`` maps a target matrix to the
     labels argument it is built from.  A scalar equation (the loss) is the return value.
+
+    ``guard_at`` (the index of the first update equation) puts a `CheckFinite` there: the
+    program returns ``(loss, finite)`` and skips every later equation unless the loss and
+    the arrays those equations read from earlier ones (the gradients) are finite.  No
+    equation before it may write a ``keep`` array (a parameter or optimizer state).
     """
     ctx = _Context(batch, _column_matrices(equations))
     returns = None
     for target, labels in (one_hot or {}).items():
         ctx.ops.append(OneHot(target, labels))
-    for eq in equations:
+    split = None
+    for k, eq in enumerate(equations):
+        if k == guard_at:
+            split = len(ctx.ops)
         if isinstance(eq.lhs, sp.Symbol):
             _loss(eq, ctx)
             returns = eq.lhs.name
         else:
             _lower(eq.rhs, eq.lhs, ctx)
+    if guard_at is not None:
+        ctx.ops.insert(len(ctx.ops) if split is None else split, _guard(ctx, split, keep, returns))
     ops = fuse_loops(tuple(ctx.ops), set(keep) | set(leading))
     arrays: list[str] = list(leading)
     for op in ops:
@@ -218,6 +229,19 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
                      {s.name for s in index} - set(arrays) -
                      {f"t_{t}" for op in ops if isinstance(op, Loop) for t, _ in op.assigns})
     return Program(name, ops, tuple(arrays), tuple(scalars), ctx.buffers, returns)
+
+
+def _guard(ctx: _Context, split: int | None, keep: frozenset[str],
+           loss: str | None) -> CheckFinite:
+    """The finite check between gradients and updates, after checking the order is so."""
+    before, after = ctx.ops[:split], ctx.ops[split:] if split is not None else []
+    early = set().union(*(_writes(op) for op in before)) & set(keep)
+    if early:
+        raise ValueError(f"check_finite: {sorted(early)} are updated before the finite check; "
+                         "the updates must come after the loss and every gradient")
+    written = set().union(*(_writes(op) for op in before))
+    needed = sorted(set().union(*(reads(op) for op in after)) & written)
+    return CheckFinite(loss, tuple((n, len(ctx.buffers[n].shape)) for n in needed))
 
 
 def _expressions_symbols(op) -> set[sp.Symbol]:

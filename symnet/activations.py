@@ -17,6 +17,7 @@ import keyword
 
 import sympy as sp
 
+from codegen.printer import kernel_code
 from symnet.module import Module
 
 x = sp.Symbol("x", real=True)
@@ -40,7 +41,28 @@ def _check_elementwise(expr: sp.Expr, var: sp.Symbol, what: str) -> sp.Expr:
         raise ValueError(f"{what}: expression has free symbols {names} besides {var.name}")
     if var not in expr.free_symbols:
         raise ValueError(f"{what}: expression does not depend on {var.name}")
+    check_closed_form(expr, var, what)
     return expr
+
+
+def check_closed_form(expr: sp.Expr, var: sp.Symbol, what: str) -> None:
+    """No bound symbols (a Sum or Integral is not elementwise code), a derivative SymPy can
+    write down, and both printable as kernel code: errors at declaration, not at compile."""
+    bound = expr.atoms(sp.Symbol) - expr.free_symbols
+    if bound:
+        names = ", ".join(sorted(s.name for s in bound))
+        raise ValueError(f"{what}: expression binds {names} (a Sum, Integral or similar); "
+                         f"it must be a closed-form function of {var.name}")
+    derivative = sp.diff(expr, var)
+    if derivative.has(sp.Derivative, sp.Subs):
+        raise ValueError(f"{what}: SymPy cannot differentiate it with respect to {var.name}")
+    for e in (expr, derivative):
+        try:
+            kernel_code(e)
+        except NotImplementedError as error:
+            first = str(error).splitlines()[0]
+            raise ValueError(f"{what}: codegen cannot print it as kernel code ({first})") \
+                from None
 
 
 class Activation(Module):

@@ -25,11 +25,33 @@ def _first_linear(model: Module) -> tuple[str, Linear]:
     return found
 
 
+def _array(value, where: str, what: str) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as e:  # ragged nested lists
+        raise ValueError(f"{where} got {what} that is not a rectangular array: {e}") from None
+
+
+def _convert(array: np.ndarray, dtype, where: str, what: str) -> np.ndarray:
+    """``array`` as C-contiguous ``dtype``; finite values beyond its range are an error."""
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, in our words
+        converted = np.ascontiguousarray(array, dtype=dtype)
+    # NaN and Inf propagate into a sum, so one cheap pass usually settles it; the full
+    # check runs only when the sum itself is not finite (which overflow can also cause).
+    with np.errstate(over="ignore", invalid="ignore"):
+        suspicious = not np.isfinite(converted.sum())
+    if suspicious and not np.isfinite(converted).all():
+        beyond = " (or values beyond the range of " + np.dtype(dtype).name + ")" \
+            if np.isfinite(array).all() else ""
+        raise ValueError(f"{where} got {what} containing NaN or Inf{beyond}")
+    return converted
+
+
 def check_inputs(model: Module, inputs, dtype) -> np.ndarray:
     """A C-contiguous (N, in_features) array of ``dtype``, or ValueError/TypeError."""
     key, first = _first_linear(model)
     where = f"{first!r} (layer {key})"
-    array = np.asarray(inputs)
+    array = _array(inputs, where, "input")
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{where} got input of dtype {array.dtype}, expected numbers")
     if array.ndim != 2:
@@ -40,17 +62,12 @@ def check_inputs(model: Module, inputs, dtype) -> np.ndarray:
                          f"expected {first.in_features}")
     if array.shape[0] == 0:
         raise ValueError(f"{where} got an empty batch (0 samples)")
-    array = np.ascontiguousarray(array, dtype=dtype)
-    # NaN and Inf propagate into a sum, so one cheap pass usually settles it; the full
-    # check runs only when the sum itself is not finite (which overflow can also cause).
-    if not np.isfinite(array.sum()) and not np.isfinite(array).all():
-        raise ValueError(f"{where} got input containing NaN or Inf")
-    return array
+    return _convert(array, dtype, where, "input")
 
 
 def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
     """Class indices in [0, outputs) for index losses, else an (N, outputs) float array."""
-    array = np.asarray(target)
+    array = _array(target, repr(loss), "targets")
     if loss.target_kind == "index":
         if array.dtype.kind not in "iu" or array.shape != (batch,):
             raise ValueError(f"{loss!r} expects integer class indices of shape ({batch},), "
@@ -66,7 +83,4 @@ def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
                          f"got {array.shape}")
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{loss!r} got targets of dtype {array.dtype}, expected numbers")
-    array = np.ascontiguousarray(array, dtype=dtype)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{loss!r} got targets containing NaN or Inf")
-    return array
+    return _convert(array, dtype, repr(loss), "targets")

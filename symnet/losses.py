@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from symnet.activations import _check_name
+from symnet.activations import _check_name, check_closed_form
 
 p, y = sp.symbols("p y", real=True)
 REDUCTIONS = ("mean", "sum")
@@ -61,8 +61,7 @@ class Loss:
                              f"{pred.name} and {target.name}")
         if pred not in expr.free_symbols:
             raise ValueError(f"{what}: expression does not depend on the prediction {pred.name}")
-        if sp.diff(expr, pred).has(sp.Derivative, sp.Subs):
-            raise ValueError(f"{what}: SymPy cannot differentiate it with respect to {pred.name}")
+        check_closed_form(expr, pred, what)
         if reduction not in REDUCTIONS:
             raise ValueError(f"{what}: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.expr = expr.xreplace({pred: p, target: y})

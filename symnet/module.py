@@ -3,6 +3,10 @@
 Nothing is computed at declaration: `symnet.graph` turns a model into equations, and the
 compiled kernels run them.
 
+Devices: ``model.to("cuda")`` gives every parameter a copy on the GPU (a `symnet.cuda.Mirror`)
+which the compiled CUDA step trains in place; ``Parameter.data`` and ``state_dict()`` always
+hand out host numpy arrays, copied back from the GPU when the device values are newer.
+
 Example:
     >>> import symnet as sn
     >>> model = sn.Sequential(sn.Linear(4, 8), sn.ReLU(), sn.Linear(8, 3))
@@ -12,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -19,6 +24,9 @@ import numpy as np
 
 _rng = np.random.default_rng()
 DTYPES = (np.float32, np.float64)
+DEVICES = ("cpu", "cuda")
+#: the module whose ``forward(model, X)`` runs ``model(X)``, by device (imported on first use)
+FORWARD = {"cpu": "symnet.runtime", "cuda": "symnet.cuda"}
 
 
 def manual_seed(seed: int) -> None:
@@ -50,32 +58,123 @@ def check_dtype(dtype) -> type:
     return resolved
 
 
+def _device_text(value) -> str | None:
+    """A device's name: a string, or the text of a ``torch.device``; None for anything else."""
+    if isinstance(value, str):
+        return value
+    return str(value) if type(value).__name__ == "device" and hasattr(value, "type") else None
+
+
+def is_device(value) -> bool:
+    """Whether ``value`` names a device (``"cpu"``, ``"cuda:0"``…) rather than a dtype."""
+    text = _device_text(value)
+    return text is not None and text.split(":")[0] in DEVICES
+
+
+def check_device(device) -> str:
+    """``"cpu"`` or ``"cuda"`` for ``device`` (``"cuda:0"`` is ``"cuda"``), or a clear ValueError.
+
+    Example:
+        >>> check_device("cuda:0"), check_device("cpu")
+        ('cuda', 'cpu')
+    """
+    text = _device_text(device)
+    if text in DEVICES or text == "cuda:0":
+        return text.split(":")[0]
+    if is_device(device):
+        raise ValueError(f"device {device!r}: symnet uses one GPU, Numba's current device: "
+                         f"write 'cuda' (or 'cuda:0'; pick the GPU with CUDA_VISIBLE_DEVICES)")
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
 class Parameter:
     """A learnable array and its accumulated gradient (``None`` until a backward pass).
 
+    On the GPU (after ``module.to("cuda")``) the parameter owns a device copy of its values
+    (a `symnet.cuda.Mirror`, which also knows the device copies of the optimizer state a
+    CUDA step keeps beside them, so moving the parameter home brings those home too).  The
+    step trains the copies in place: between steps nothing crosses the bus.
+    ``data`` is still the host numpy array: reading it first copies the
+    values back when the GPU's are newer, and since the caller may then write into it, the GPU
+    copy is refreshed from it before the device next reads it.  Hold the parameter, not
+    ``p.data``, across steps: an array fetched before a step does not see that step.
+
     Example:
         >>> import numpy as np, symnet as sn
-        >>> sn.Parameter(np.zeros((2, 3), np.float32)).shape
-        (2, 3)
+        >>> p = sn.Parameter(np.zeros((2, 3), np.float32))
+        >>> p.shape, p.device
+        ((2, 3), 'cpu')
     """
 
     def __init__(self, data: np.ndarray):
-        self.data = np.ascontiguousarray(data)
+        self._host = np.ascontiguousarray(data)
+        self._mirror = None  # a symnet.cuda.Mirror of _host while on the GPU
         self.grad: np.ndarray | None = None
 
     @property
+    def data(self) -> np.ndarray:
+        """The values as a host array (current: copied back from the GPU if newer there)."""
+        if self._mirror is not None:
+            self._mirror.host(write=True)
+        return self._host
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        value = np.ascontiguousarray(value)
+        if self._mirror is not None:  # a new array (shape or dtype may differ): a new copy
+            self._mirror = self._mirror.replaced(value)
+        self._host = value
+
+    def _read(self) -> np.ndarray:
+        """The current values for reading only (the GPU copy stays valid)."""
+        return self._host if self._mirror is None else self._mirror.host(write=False)
+
+    def _assign(self, values: np.ndarray) -> None:
+        """Overwrite the values in place, on the host and (at once) on the GPU."""
+        if self._mirror is None:
+            self._host[...] = values
+        else:
+            self._mirror.assign(values)
+
+    def _move(self, device: str) -> None:
+        """Give the values a GPU copy (``"cuda"``) or bring them home and drop it (``"cpu"``)."""
+        if device == "cuda" and self._mirror is None:
+            from symnet.cuda import Mirror
+
+            self._mirror = Mirror(self._host)
+        elif device == "cpu" and self._mirror is not None:
+            self._mirror.release()
+            self._mirror = None
+
+    @property
+    def device(self) -> str:
+        """``"cpu"``, or ``"cuda"`` while the values live on the GPU."""
+        return "cpu" if self._mirror is None else "cuda"
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        return self.data.shape
+        return self._host.shape
 
     @property
     def dtype(self) -> np.dtype:
-        return self.data.dtype
+        return self._host.dtype
+
+    def __getstate__(self) -> dict:
+        """For pickle and ``copy.deepcopy``: the current values and the device, no GPU handle."""
+        return {"data": self._read(), "grad": self.grad, "device": self.device}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["data"])
+        self.grad = state["grad"]
+        self._move(state["device"])
 
     def __array__(self, dtype=None, copy=None):
-        return self.data if dtype is None else self.data.astype(dtype)
+        values = self._read()
+        return values if dtype is None else values.astype(dtype)
 
     def __repr__(self) -> str:
-        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+        where = "" if self._mirror is None else ", device='cuda'"
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}{where})"
 
 
 class Module:
@@ -127,17 +226,22 @@ class Module:
 
     # --- state -------------------------------------------------------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
-        """Parameters as host numpy arrays under PyTorch's keys and shapes.
+        """Parameters as host numpy arrays (copies) under PyTorch's keys and shapes.
+
+        On any device: a cuda model's values are copied back from the GPU, so a checkpoint
+        loads into a CPU model, a cuda model or ``torch.nn.Sequential`` alike.
 
         Example:
             >>> import symnet as sn
             >>> list(sn.Sequential(sn.Linear(3, 2)).state_dict())
             ['0.weight', '0.bias']
         """
-        return OrderedDict((name, np.array(p.data)) for name, p in self.named_parameters())
+        return OrderedDict((name, np.array(p._read())) for name, p in self.named_parameters())
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters; every problem is reported before anything changes.
+
+        On a cuda model the GPU copies are overwritten too: the next step trains from them.
 
         Example:
             >>> import symnet as sn
@@ -166,26 +270,105 @@ class Module:
         if problems:
             raise ValueError(f"load_state_dict for {type(self).__name__}: " + "; ".join(problems))
         for key, value in converted.items():
-            own[key].data[...] = value
+            own[key]._assign(value)
 
     @property
     def dtype(self) -> type:
         params = self.parameters()
-        return params[0].data.dtype.type if params else np.float32
+        return params[0].dtype.type if params else np.float32
 
-    def to(self, dtype) -> Module:
-        """Convert every parameter to ``dtype`` (float32 or float64); returns the module."""
-        target = check_dtype(dtype)
-        for p in self.parameters():
-            if p.data.dtype != target:
-                p.data = p.data.astype(target)
-                p.grad = None if p.grad is None else p.grad.astype(target)
+    @property
+    def device(self) -> str:
+        """Where the parameters live: ``"cpu"`` or ``"cuda"`` (``"cpu"`` without parameters).
+
+        Example:
+            >>> import symnet as sn
+            >>> sn.Sequential(sn.Linear(2, 2)).device
+            'cpu'
+        """
+        where: dict[str, str] = {}  # device → its first parameter
+        for name, p in self.named_parameters():
+            where.setdefault(p.device, name)
+        if len(where) > 1:
+            raise ValueError(f"{type(self).__name__}: parameters on several devices ("
+                             + ", ".join(f"{name} on {d!r}" for d, name in sorted(where.items()))
+                             + "): move the whole model with .to(device)")
+        return next(iter(where), "cpu")
+
+    def to(self, *args, device: str | None = None, dtype=None) -> Module:
+        """Move to a device and/or convert to a dtype, in place; returns the module.
+
+        As PyTorch's ``Module.to``: ``to("cuda")``, ``to("cpu")``, ``to(np.float64)``,
+        ``to("cuda", np.float64)``, ``to(device=…, dtype=…)``.  ``"cuda"`` uploads every
+        parameter once (and needs numba-cuda and a GPU, or Numba's simulator); ``"cpu"``
+        copies the trained values — and the optimizer state a CUDA step kept on the GPU —
+        back into the host arrays.  Compiled steps follow their model's parameters: a CUDA
+        step whose model went to the CPU and back keeps training, but a step is bound to the
+        device it was compiled for (compile again to train on the other one).
+
+        Example:
+            >>> import numpy as np, symnet as sn
+            >>> m = sn.Sequential(sn.Linear(2, 2))
+            >>> m.to(np.float64) is m, m.dtype.__name__, m.to("cpu").device
+            (True, 'float64', 'cpu')
+        """
+        for arg in args:
+            if is_device(arg):
+                if device is not None:
+                    raise TypeError(f"to: two devices given ({device!r} and {arg!r})")
+                device = arg
+            elif dtype is not None:
+                raise TypeError(f"to: two dtypes given ({dtype!r} and {arg!r})")
+            else:
+                dtype = arg
+        try:
+            target = None if dtype is None else check_dtype(dtype)
+        except TypeError:
+            if isinstance(dtype, str):
+                raise ValueError(f"to: {dtype!r} is neither a device ('cpu', 'cuda') nor a "
+                                 f"dtype (float32, float64)") from None
+            raise
+        where = None if device is None else check_device(device)
+        if where == "cuda":
+            from symnet.cuda import require
+
+            require()  # the one clear error, before anything moves
+        if where == "cpu":  # convert on the host, where the values then live
+            self._move("cpu")
+        if target is not None:
+            for p in self.parameters():
+                if p.dtype != target:
+                    p.data = p.data.astype(target)
+                    p.grad = None if p.grad is None else p.grad.astype(target)
+        if where == "cuda":
+            self._move("cuda")
         return self
 
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        from symnet.runtime import forward
+    def _move(self, device: str) -> None:
+        for p in self.parameters():
+            p._move(device)
 
-        return forward(self, inputs)
+    def cuda(self) -> Module:
+        """``to("cuda")``."""
+        return self.to("cuda")
+
+    def cpu(self) -> Module:
+        """``to("cpu")``.
+
+        Example:
+            >>> import symnet as sn
+            >>> sn.Sequential(sn.Linear(2, 2)).cpu().device
+            'cpu'
+        """
+        return self.to("cpu")
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        """The model's output for a batch-major (N, features) array, as a host numpy array.
+
+        A cuda model runs the forward kernels on the GPU (`symnet.cuda.forward`): only the
+        batch goes in and the output comes back.
+        """
+        return importlib.import_module(FORWARD[self.device]).forward(self, inputs)
 
 
 class Linear(Module):

@@ -19,19 +19,20 @@ from __future__ import annotations
 import numpy as np
 
 from codegen.lower import lower
-from symnet import kernels
+from symnet import kernels, step_index
 from symnet.backprop import derive
 from symnet.checks import check_inputs, check_targets
 from symnet.graph import N
 from symnet.losses import Loss
-from symnet.module import Module
+from symnet.module import Module, check_device
 from symnet.optim import Optimizer
 
 
 class TrainStep:
     """``step(X, y) -> float``: one fused training step; parameters update in place."""
 
-    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = False):
+    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = False,
+                 *, check_finite: bool = False):
         owned = {id(p) for p in model.parameters()}
         if [id(p) for p in optimizer.params] != [id(p) for p in model.parameters()] or \
                 len(owned) != len(optimizer.params):
@@ -39,48 +40,56 @@ class TrainStep:
                              "in order")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.dtype = model.dtype
-        self.derivation = derive(model, loss, optimizer)
-        graph = self.derivation.graph
-        leading, one_hot = kernels.target_arguments(loss)
+        self.check_finite = bool(check_finite)
+        self._derivation = None
+        # The key needs no derivation, so a step compiled before (in this process or, via
+        # the index on disk, in an earlier one) is reused without any SymPy work.
         key = ("step", kernels.structure_key(model, loss, self.dtype), parallel,
-               type(optimizer).__name__, tuple(str(eq) for eq in self.derivation.updates))
+               self.check_finite, kernels.update_signature(optimizer))
         if key not in kernels._units:
-            eqs = self.derivation.forward + self.derivation.backward + self.derivation.updates
-            keep = frozenset(self.derivation.state_symbols())
-            program = lower("train_step", eqs, N, leading, keep, one_hot)
-            kernels._units[key] = kernels.compile_unit(
-                [program], self.dtype, parallel, f"symnet train step: {model!r}, {loss!r}, "
-                f"{optimizer!r}")
+            unit = step_index.lookup(key, self.dtype)
+            if unit is None:
+                unit = self._compile(parallel)
+                step_index.store(key, unit)
+            kernels._units[key] = unit
         self.unit = kernels._units[key]
         self.program = self.unit.programs["train_step"]
         self.function = self.unit.functions["train_step"]
-        self._keys = graph.params
+        self._keys = self.unit.params
         self._cache: tuple | None = None
+
+    @property
+    def derivation(self):
+        """The `symnet.Derivation` this step was compiled from (derived on first use)."""
+        if self._derivation is None:
+            self._derivation = derive(self.model, self.loss, self.optimizer)
+        return self._derivation
+
+    def _compile(self, parallel: bool) -> kernels.Unit:
+        d = self.derivation
+        leading, one_hot = kernels.target_arguments(self.loss)
+        eqs = d.forward + d.backward + d.updates
+        updates_at = len(eqs) - len(d.updates)
+        program = lower("train_step", eqs, N, leading, frozenset(d.state_symbols()), one_hot,
+                        updates_at if self.check_finite else None)
+        unit = kernels.compile_unit([program], self.dtype, parallel, f"symnet train step: "
+                                    f"{self.model!r}, {self.loss!r}, {self.optimizer!r}")
+        unit.params, unit.outputs = dict(d.graph.params), int(d.graph.target.shape[0])
+        return unit
 
     def source(self) -> str:
         """The generated Numba source, commented with the formula of each kernel."""
         return self.unit.source
 
     def _state(self) -> dict[str, np.ndarray]:
-        by_key = dict(self.model.named_parameters())
-        index = {id(p): k for k, p in enumerate(self.optimizer.params)}
-        arrays = {}
-        for name, key in self._keys.items():
-            parameter = by_key[key]
-            if parameter.data.dtype != self.dtype:
-                raise TypeError(f"parameter {key} is {parameter.data.dtype}; the step was "
-                                f"compiled for {np.dtype(self.dtype).name}: compile again")
-            arrays[name] = parameter.data
-            for prefix, array in self.optimizer.state[index[id(parameter)]].items():
-                arrays[prefix + name] = array
-        return arrays
+        return {name: array for name, (array, _) in kernels.step_state(
+            self.model, self.optimizer, self._keys, self.dtype, "cpu").items()}
 
     def __call__(self, inputs, targets) -> float:
         X = check_inputs(self.model, inputs, self.dtype)
         batch = X.shape[0]
-        Y = check_targets(self.loss, targets, batch, self.derivation.graph.target.shape[0],
-                          self.dtype)
-        identity = (batch, [id(p.data) for p in self.optimizer.params])
+        Y = check_targets(self.loss, targets, batch, self.unit.outputs, self.dtype)
+        identity = (batch, [(id(p.data), p.device) for p in self.optimizer.params])
         if self._cache is None or self._cache[0] != identity:
             leading = self.program.arguments[:2]
             args = self.unit.buffers("train_step", batch,
@@ -90,16 +99,34 @@ class TrainStep:
         # Scalars in the model's dtype, so a float32 update loop stays float32.
         scalars = [hyper[s] if s == "t" else self.dtype(hyper[s]) for s in self.program.scalars]
         value = self.function(X, Y, *self._cache[1], *scalars)
+        if self.check_finite:
+            value, finite = value
+            if not finite:
+                raise FloatingPointError(_not_finite(self.optimizer.step_count + 1, value))
         self.optimizer.step_count += 1
         return float(value)
 
 
+def _not_finite(step: int, loss: float) -> str:
+    what = f"the loss became {loss}" if not np.isfinite(loss) else \
+        f"a gradient became NaN or Inf (loss {loss:.6g})"
+    return (f"train step {step}: {what}; parameters and optimizer state were left unchanged "
+            "(lower the learning rate)")
+
+
 def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = False,
-            device: str = "cpu"):
+            device: str | None = None, *, check_finite: bool = False):
     """Fuse forward, loss, backward and ``optimizer``'s update into one compiled step.
 
-    ``device="cuda"`` returns a `symnet.cuda.CudaTrainStep`: parameters and optimizer
-    state stay on the GPU between steps; call its ``sync()`` before reading them on the host.
+    The step runs where the model is (``model.device``).  For a model moved with
+    ``model.to("cuda")`` it is a `symnet.cuda.CudaTrainStep`: parameters and optimizer state
+    stay on the GPU between steps, and host reads (``p.data``, ``state_dict()``) fetch them.
+    ``device``, when given, must be the model's device (a ValueError otherwise): the model is
+    never moved behind your back.
+
+    ``check_finite=True`` adds a check between the gradients and the updates: a step whose
+    loss or any gradient is NaN/Inf raises ``FloatingPointError`` and changes nothing
+    (parameters, optimizer state, ``step_count``). Off, the kernel contains no check at all.
 
     Example:
         >>> import symnet as sn
@@ -108,10 +135,24 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = Fa
         >>> "np.dot" in step.source()
         True
     """
-    if device == "cuda":
+    if device is not None:
+        device = check_device(device)
+        if device == "cuda":
+            from symnet.cuda import require
+
+            require()  # no GPU: say so, rather than suggest moving the model there
+        if device != model.device:
+            raise ValueError(f"compile: device={device!r}, but the model's parameters are on "
+                             f"{model.device!r}: move the model first with "
+                             f"model.to({device!r}), or leave device out to use the model's")
+    if model.device == "cuda":
         from symnet.cuda import CudaTrainStep
 
+        if check_finite:
+            raise NotImplementedError("compile: check_finite=True is not implemented for "
+                                      "device='cuda' yet")
+        if parallel:
+            raise ValueError("compile: parallel=True runs the CPU kernels on several threads; "
+                             "it does not apply to a model on 'cuda'")
         return CudaTrainStep(model, loss, optimizer)
-    if device != "cpu":
-        raise ValueError(f"compile: device must be 'cpu' or 'cuda', got {device!r}")
-    return TrainStep(model, loss, optimizer, parallel)
+    return TrainStep(model, loss, optimizer, parallel, check_finite=check_finite)

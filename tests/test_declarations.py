@@ -57,6 +57,23 @@ def test_activation_accepts_any_symbol_and_normalises_it():
     assert a.var.is_real
 
 
+@pytest.mark.parametrize(("expr", "pattern"), [
+    (sp.Sum(x * z, (z, 1, 3)), r"expression binds z \(a Sum, Integral or similar\); it must be a "
+                               r"closed-form function of x"),
+    (sp.Integral(sp.exp(-z * x), (z, 0, 1)), r"expression binds z"),
+    (sp.Function("f")(x), r"SymPy cannot differentiate it with respect to x"),
+    (sp.lowergamma(x, 2), r"codegen cannot print it as kernel code .*lowergamma"),
+])
+def test_activation_must_be_closed_form_differentiable_and_printable(expr, pattern):
+    with pytest.raises(ValueError, match=r"activation 'act': " + pattern):
+        sn.Activation("act", expr, x)
+
+
+def test_loss_must_be_closed_form():
+    with pytest.raises(ValueError, match=r"loss 'summed': expression binds z"):
+        sn.Loss("summed", sp.Sum((p - t) ** z, (z, 1, 2)), p, t)
+
+
 # --- losses --------------------------------------------------------------------------------
 
 def test_loss_with_extra_symbols():

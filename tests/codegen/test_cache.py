@@ -129,3 +129,85 @@ def test_another_process_reuses_the_entry(cache_dir):
     assert float(value) == expected
     assert path.stat().st_mtime_ns == stamp  # found intact, not rewritten
     assert int(hits) >= 1  # numba loaded machine code from the cache
+
+
+def test_numba_files_damaged_are_detected_and_rebuilt(cache_dir):
+    source = _unique_source("numba-damaged")
+    script = textwrap.dedent(f"""
+        import warnings
+        import numpy as np
+        from codegen import cache
+        module = cache.load_module({source!r}, {OPTIONS!r})
+        print(repr(module.weighted(np.arange(5.0), 2.0)))
+    """)
+    env = {**os.environ, "SYMNET_CACHE_DIR": str(cache_dir)}
+
+    def run():
+        done = subprocess.run([sys.executable, "-W", "always", "-c", script], env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    first = run()  # compiles and writes numba's index (.nbi) and machine code (.nbc)
+    numba_files = sorted(cache_dir.rglob("*.nb[ic]"))
+    assert {p.suffix for p in numba_files} == {".nbi", ".nbc"}
+    for path in numba_files:  # truncate them, as a full disk or a crash might
+        path.write_bytes(path.read_bytes()[:40])
+    second = run()
+    assert "numba's cache for" in second.stderr and "was damaged" in second.stderr
+    expected = 2 * float(np.dot(np.arange(5), np.arange(1, 6)))
+    assert second.stdout == first.stdout == f"{expected!r}\n"
+    third = run()  # rebuilt: loads cleanly again
+    assert "damaged" not in third.stderr and third.stdout == first.stdout
+
+
+def test_a_version_change_never_reuses_an_old_entry(cache_dir, monkeypatch):
+    source = _unique_source("versions")
+    old = cache.load_module(source, {**OPTIONS, "symnet": "0.1.0"})
+    old_path = cache_dir / f"{old.__name__}.py"
+    stamp = old_path.stat().st_mtime_ns
+    new = cache.load_module(source, {**OPTIONS, "symnet": "0.2.0"})
+    monkeypatch.setattr(cache.np, "__version__", "0.0.1-test")
+    newer = cache.load_module(source, {**OPTIONS, "symnet": "0.2.0"})
+    names = {old.__name__, new.__name__, newer.__name__}
+    assert len(names) == 3 and {p.stem for p in cache_dir.glob("*.py")} == names
+    assert old_path.stat().st_mtime_ns == stamp  # the old entry was neither read into nor reused
+    assert old is not new is not newer
+    assert "0.0.1-test" in str(cache.toolchain()) and "python" in cache.toolchain()
+
+
+_COMPILER = textwrap.dedent("""
+    import sys, time, warnings
+    from pathlib import Path
+    import numpy as np
+    warnings.simplefilter("error")
+    import symnet as sn
+    go = Path(sys.argv[1])
+    while not go.exists():  # start together, to compile at the same moment
+        time.sleep(0.01)
+    sn.manual_seed(0)
+    model = sn.Sequential(sn.Linear(2, 3), sn.Tanh(), sn.Linear(3, 1)).to(np.float64)
+    step = sn.compile(model, sn.MSELoss(), sn.optim.SGD(model.parameters(), lr=0.1))
+    X = np.linspace(-1.0, 1.0, 8).reshape(4, 2)
+    print(*[repr(step(X, X[:, :1] * X[:, 1:])) for _ in range(3)])
+""")
+
+
+def test_processes_compiling_one_model_at_once_all_succeed_and_agree(cache_dir, tmp_path):
+    go = tmp_path / "go"
+    env = {**os.environ, "SYMNET_CACHE_DIR": str(cache_dir)}
+    children = [subprocess.Popen([sys.executable, "-c", _COMPILER, str(go)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(3)]
+    go.touch()
+    results = [child.communicate(timeout=300) for child in children]
+    for child, (_, err) in zip(children, results):
+        assert child.returncode == 0, err
+    outputs = {out for out, _ in results}
+    assert len(outputs) == 1, outputs
+    losses = [float(v) for v in outputs.pop().split()]
+    assert len(losses) == 3 and losses[2] < losses[0]
+    assert not list(cache_dir.rglob("*.tmp*"))  # every write completed or was cleaned up
+    entries = list(cache_dir.glob("symnet_*.py"))
+    for path in entries:  # each entry intact: its stamp line names it
+        assert path.read_text().startswith(f"# symnet cache entry {path.stem}\n")

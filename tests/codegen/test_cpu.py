@@ -147,3 +147,25 @@ def test_parallel_step_matches_serial_step():
     for key, value in parallel_state.items():
         np.testing.assert_allclose(value, serial[key], rtol=1e-12, atol=1e-14, err_msg=key)
     assert serial_losses[-1] < serial_losses[0]
+
+
+def test_float32_loop_invariants_stay_float32():
+    # Numba types `1 - beta1` as float64 (int minus float32); one float64 factor would
+    # promote the whole float32 Adam loop.  Numba's own type inference is the judge.
+    import io
+    import re
+
+    from symnet import kernels
+
+    model = sn.Sequential(sn.Linear(3, 2))
+    unit = kernels.optimizer_unit(sn.optim.Adam(model.parameters()), np.float32)
+    fn = unit.functions["update_matrix"]
+    arrays = [np.zeros((2, 3), np.float32) for _ in unit.programs["update_matrix"].arguments]
+    scalars = [np.float32(0.9) if s != "t" else 1 for s in unit.programs["update_matrix"].scalars]
+    fn(*arrays, *scalars)
+    listing = io.StringIO()
+    fn.inspect_types(file=listing)
+    # Numba annotates each register it typed: `#   t_mhatP = k2 * t_mP  :: float32`.
+    registers = re.findall(r"#\s+(t_\w+) = .*::\s*(\w+)$", listing.getvalue(), re.M)
+    assert registers, "Numba's annotation shows no loop registers"
+    assert all(kind == "float32" for _, kind in registers), registers

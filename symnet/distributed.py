@@ -1,0 +1,277 @@
+"""Data-parallel training on MPI: every rank runs the compiled gradient kernel on its shard
+of the global batch, one ``Allreduce`` sums all gradients and the loss, and every rank then
+applies the same compiled optimizer update, so the parameters stay identical everywhere.
+
+Run under ``mpiexec -n 2 python -m mpi4py script.py`` (``pip install 'symnet[mpi]'``).
+Outside ``mpiexec`` the world has one rank and a step is an ordinary training step (then
+mpi4py is not even needed).
+
+Example:
+    >>> import numpy as np, symnet as sn
+    >>> from symnet.distributed import DistributedStep, broadcast_parameters, size
+    >>> sn.manual_seed(0)
+    >>> model = sn.Sequential(sn.Linear(4, 8), sn.ReLU(), sn.Linear(8, 3))
+    >>> broadcast_parameters(model)
+    >>> step = DistributedStep(model, sn.CrossEntropyLoss(),
+    ...                        sn.optim.SGD(model.parameters(), lr=0.1))
+    >>> X, y = np.random.default_rng(0).random((16, 4), np.float32), np.arange(16) % 3
+    >>> first = step(X, y)
+    >>> [step(X, y) for _ in range(20)][-1] < first, size()
+    (True, 1)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from symnet import kernels
+from symnet.checks import check_inputs, check_targets
+from symnet.losses import Loss
+from symnet.module import Module
+from symnet.optim import Optimizer
+
+
+def mpi():
+    """The ``mpi4py.MPI`` module, or an ImportError saying how to install it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as error:
+        raise ImportError("distributed training needs mpi4py and an MPI library: "
+                          "pip install 'symnet[mpi]'") from error
+    return MPI
+
+
+#: set by mpiexec (MPICH/Hydra, Open MPI, PMIx): then a missing mpi4py is an error
+LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+class SingleProcess:
+    """The world of a process started without mpiexec when mpi4py is not installed."""
+
+    rank, size = 0, 1
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 1
+
+    def Bcast(self, buffer, root: int = 0) -> None:
+        pass
+
+    def Abort(self, errorcode: int = 1) -> None:
+        raise SystemExit(errorcode)
+
+
+def world(comm=None):
+    """``comm``, or ``MPI.COMM_WORLD`` when it is None (`SingleProcess` without mpi4py,
+    outside mpiexec)."""
+    if comm is not None:
+        return comm
+    try:
+        return mpi().COMM_WORLD
+    except ImportError:
+        if any(name in os.environ for name in LAUNCHER_VARIABLES):
+            raise
+        return SingleProcess()
+
+
+def rank(comm=None) -> int:
+    """This process's rank (0 outside ``mpiexec``)."""
+    return world(comm).Get_rank()
+
+
+def size(comm=None) -> int:
+    """The number of ranks (1 outside ``mpiexec``)."""
+    return world(comm).Get_size()
+
+
+def is_root(comm=None) -> bool:
+    """True on rank 0: the rank that prints and writes files."""
+    return rank(comm) == 0
+
+
+def shard(batch: int, ranks: int, index: int) -> slice:
+    """Rank ``index``'s contiguous rows of a batch: the first ``batch % ranks`` get one more.
+
+    Example:
+        >>> [shard(5, 2, r) for r in range(2)]
+        [slice(0, 3, None), slice(3, 5, None)]
+        >>> shard(1, 2, 1)  # more ranks than samples: an empty shard
+        slice(1, 1, None)
+    """
+    base, extra = divmod(batch, ranks)
+    start = index * base + min(index, extra)
+    return slice(start, start + base + (index < extra))
+
+
+def broadcast_parameters(model: Module, comm=None, root: int = 0) -> None:
+    """Copy rank ``root``'s parameters into every rank's model, in place, with one ``Bcast``.
+
+    Example:
+        >>> import symnet as sn
+        >>> broadcast_parameters(sn.Sequential(sn.Linear(2, 2)))  # one rank: nothing changes
+    """
+    params = model.parameters()
+    flat = np.concatenate([p.data.ravel() for p in params]) if params else np.empty(0)
+    world(comm).Bcast(flat, root=root)
+    offset = 0
+    for p in params:
+        p.data[...] = flat[offset:offset + p.data.size].reshape(p.shape)
+        offset += p.data.size
+
+
+class DistributedStep:
+    """``step(X, y) -> float``: one data-parallel training step on the *global* batch.
+
+    Every rank passes the same ``X, y``; rank r computes gradients on its contiguous shard
+    (`shard`) with the compiled ``gradients`` kernel, writing them straight into one flat
+    buffer that also holds the loss and the shard's size.  With ``reduction='mean'`` each
+    part is weighted by its shard size, so after one ``Allreduce`` and a division by the
+    global batch size the buffer holds exactly the one-process gradient and mean loss; a
+    rank with an empty shard contributes zeros.  The compiled optimizer kernels then update
+    every parameter.  Returns the global loss.
+
+    An exception on any rank prints ``rank r: <error>`` to stderr and calls ``Abort(1)``
+    (with more than one rank), so the job stops instead of hanging in the ``Allreduce``.
+    ``check_finite=True`` skips the update when a reduced gradient or the loss is NaN/Inf
+    and raises FloatingPointError on every rank alike (no abort: they all agree).
+    ``timed=True`` records each step's seconds and its ``Allreduce`` seconds in
+    ``timings``.
+    """
+
+    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, comm=None,
+                 parallel: bool = False, *, check_finite: bool = False, timed: bool = False):
+        if [id(p) for p in optimizer.params] != [id(p) for p in model.parameters()] or \
+                len({id(p) for p in optimizer.params}) != len(optimizer.params):
+            raise ValueError("DistributedStep: the optimizer must hold exactly "
+                             "model.parameters(), in order")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.comm = world(comm)
+        self.dtype = model.dtype
+        self.check_finite = bool(check_finite)
+        moved = [(key, p.device) for key, p in model.named_parameters() if p.device != "cpu"]
+        if moved:
+            raise ValueError(f"DistributedStep runs on the CPU; parameter {moved[0][0]} is on "
+                             f"{moved[0][1]!r}: call model.to('cpu') first")
+        if any(p.data.dtype != self.dtype for p in optimizer.params):
+            raise TypeError("DistributedStep: all parameters must share one dtype; "
+                            "call model.to(dtype) first")
+        self.unit = kernels.model_unit(model, loss, self.dtype, parallel)
+        self.updates = kernels.optimizer_unit(optimizer, self.dtype)
+        self.program = self.unit.programs["gradients"]
+        self.outputs = int(self.unit.graph.target.shape[0])
+        by_id = {id(p): name for name, key in self.unit.graph.params.items()
+                 for k, p in model.named_parameters() if k == key}
+        self._names = [by_id[id(p)] for p in optimizer.params]
+        sizes = [p.data.size for p in optimizer.params]
+        # [all gradients in parameter order | loss | samples]: one Allreduce per step.
+        self.buffer = np.zeros(sum(sizes) + 2, self.dtype)
+        offsets = np.cumsum([0, *sizes])
+        self.gradients = [self.buffer[a:b].reshape(p.shape)
+                          for a, b, p in zip(offsets[:-1], offsets[1:], optimizer.params)]
+        self._arguments: dict[int, tuple] = {}
+        self.timings: dict[str, list[float]] | None = (
+            {"step": [], "allreduce": []} if timed else None)
+
+    def __call__(self, inputs, targets) -> float:
+        try:
+            value, finite = self._step(inputs, targets)
+        except Exception as error:
+            if self.comm.Get_size() == 1:
+                raise
+            print(f"rank {self.comm.Get_rank()}: {type(error).__name__}: {error}",
+                  file=sys.stderr, flush=True)
+            self.comm.Abort(1)
+            raise  # Abort does not return; this keeps a mocked comm honest
+        if not finite:  # every rank reduced the same buffer, so every rank raises this
+            what = f"the loss became {value}" if not np.isfinite(value) else \
+                f"a gradient became NaN or Inf (loss {value:.6g})"
+            raise FloatingPointError(
+                f"train step {self.optimizer.step_count + 1}: {what}; parameters and "
+                "optimizer state were left unchanged (lower the learning rate)")
+        return value
+
+    def _step(self, inputs, targets) -> tuple[float, bool]:
+        start = time.perf_counter()
+        X = check_inputs(self.model, inputs, self.dtype)
+        batch = X.shape[0]
+        Y = check_targets(self.loss, targets, batch, self.outputs, self.dtype)
+        rows = shard(batch, self.comm.Get_size(), self.comm.Get_rank())
+        count = rows.stop - rows.start
+        self.buffer[:] = 0
+        if count:
+            value = self.unit.functions["gradients"](X[rows], Y[rows], *self._buffers(count))
+            self.buffer[-2] = value
+            if self.loss.reduction == "mean":
+                self.buffer[:-1] *= count
+        self.buffer[-1] = count
+        reducing = time.perf_counter()
+        if self.comm.Get_size() > 1:  # over one rank the sum is the buffer itself
+            self.comm.Allreduce(mpi().IN_PLACE, self.buffer, op=mpi().SUM)
+        reduced = time.perf_counter()
+        total = int(round(float(self.buffer[-1])))
+        if total != batch:
+            raise ValueError(f"the ranks passed different global batches: this rank has "
+                             f"{batch} samples, all ranks' shards add up to {total}; every "
+                             "rank must pass the same X and y")
+        if self.loss.reduction == "mean":
+            self.buffer[:-1] /= batch
+        # One sum settles it unless it overflows; then the full check.
+        finite = not self.check_finite or np.isfinite(self.buffer.sum()) or \
+            bool(np.isfinite(self.buffer).all())
+        if finite:
+            self._update()
+        if self.timings is not None:
+            self.timings["allreduce"].append(reduced - reducing)
+            self.timings["step"].append(time.perf_counter() - start)
+        return float(self.buffer[-2]), finite
+
+    def _buffers(self, count: int) -> list[np.ndarray]:
+        """The gradient kernel's arguments after (X, target): parameters, views of the flat
+        buffer for their gradients, and intermediates allocated once per shard size."""
+        identity = [id(p.data) for p in self.optimizer.params]
+        cached = self._arguments.get(count)
+        if cached is None or cached[0] != identity:
+            fixed = {}
+            for name, p, grad in zip(self._names, self.optimizer.params, self.gradients):
+                fixed[name], fixed["d" + name] = p.data, grad
+            args = [fixed[n] if n in fixed else
+                    np.empty(kernels._shape(self.program.buffers[n].shape, count), self.dtype)
+                    for n in self.program.arguments[2:]]
+            cached = self._arguments[count] = (identity, args)
+        return cached[1]
+
+    def _update(self) -> None:
+        optimizer = self.optimizer
+        hyper = {**optimizer.hyperparameters(), "t": optimizer.step_count + 1}
+        for p, state, grad in zip(optimizer.params, optimizer.state, self.gradients):
+            name = "update_vector" if p.data.ndim == 1 else "update_matrix"
+            # Scalars in the model's dtype, as the fused step passes them.
+            scalars = [hyper[s] if s == "t" else self.dtype(hyper[s])
+                       for s in self.updates.programs[name].scalars]
+            self.updates.functions[name](p.data, grad,
+                                         *(state[pre] for pre in optimizer.state_prefixes),
+                                         *scalars)
+        optimizer.step_count += 1
+
+
+def training_step(model: Module, loss: Loss, optimizer: Optimizer, device: str = "cpu",
+                  comm=None) -> DistributedStep:
+    """What ``symnet train --distributed`` runs: rank 0's parameters broadcast to every
+    rank, then a `DistributedStep` that refuses NaN/Inf updates.
+
+    Example:
+        >>> import symnet as sn
+        >>> m = sn.Sequential(sn.Linear(2, 2))
+        >>> training_step(m, sn.MSELoss(), sn.optim.SGD(m.parameters(), lr=0.1)).check_finite
+        True
+    """
+    if device != "cpu":
+        raise ValueError(f"--distributed runs on the CPU, not --device {device}")
+    broadcast_parameters(model, comm)
+    return DistributedStep(model, loss, optimizer, comm, check_finite=True)

@@ -1,0 +1,70 @@
+"""What ``symnet kernels`` prints: the generated source of a fused train step, per device.
+
+Each kernel is commented with the formula it computes (``# dW1 = dZ1*X.T``).  The CPU
+source is the one `sn.compile` imports and runs; the CUDA source is rendered from the same
+lowered program by `codegen.cuda` exactly as `symnet.cuda.CudaTrainStep` renders it, but
+without Numba's CUDA target, so it prints on a machine with no GPU.
+
+Example:
+    >>> from symnet.architecture import Architecture
+    >>> src = kernel_source(Architecture((4, 3, 2), "tanh", "mse"), "sgd", "cpu")
+    >>> "# dW1 = dZ1*X.T" in src, "# dZ1 = dA1*(1 - A1**2)" in src
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import symnet as sn
+from codegen import cuda as cuda_render
+from codegen.lower import lower
+from symnet import kernels
+from symnet.architecture import Architecture
+from symnet.graph import N
+
+#: optimizer name → class; the learning rate is a runtime scalar, absent from the source
+OPTIMIZERS = {"sgd": sn.optim.SGD, "adam": sn.optim.Adam, "adamw": sn.optim.AdamW}
+
+
+def _cpu(model, loss, optimizer) -> str:
+    return sn.compile(model, loss, optimizer).source()
+
+
+def _cuda(model, loss, optimizer) -> str:
+    # The same derivation, lowering and header as symnet.cuda.CudaTrainStep, minus the
+    # import of the rendered module (which needs numba.cuda and a GPU or the simulator).
+    d = sn.derive(model, loss, optimizer)
+    leading, one_hot = kernels.target_arguments(loss)
+    program = lower("train_step", d.forward + d.backward + d.updates, N, leading,
+                    frozenset(d.state_symbols()), one_hot)
+    return cuda_render.render_module(
+        [program], N, model.dtype, cuda_render.TILE,
+        header=f"symnet CUDA train step: {model!r}, {loss!r}, {optimizer!r}")
+
+
+DEVICES = {"cpu": _cpu, "cuda": _cuda}
+
+
+def kernel_source(arch: Architecture, optimizer: str = "adam", device: str = "cpu",
+                  reduction: str = "mean") -> str:
+    """The generated source of ``arch``'s fused train step (forward, loss, backward, update).
+
+    ``device`` is ``"cpu"`` (Numba ``@njit``) or ``"cuda"`` (``@cuda.jit`` kernels and
+    their host driver); the dtype is ``arch.dtype``.
+
+    Example:
+        >>> from symnet.architecture import Architecture
+        >>> src = kernel_source(Architecture((4, 3, 2)), "adam", "cuda")
+        >>> "@cuda.jit(cache=True)" in src, "# dZ2 = (-Y + Yhat)/N" in src
+        (True, True)
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    model = arch.model()
+    loss = arch.loss_function(reduction)
+    # The learning rate is passed to the compiled step per call; any value gives this source.
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr=np.float64(1e-3))
+    return DEVICES[device](model, loss, opt)

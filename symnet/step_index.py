@@ -1,0 +1,87 @@
+"""The compiled train step's index on disk: a cache hit skips the SymPy derivation.
+
+A generated module is named by a hash of its source (`codegen.cache`), and the source
+needs the derivation, which costs SymPy time (0.4 s for a two-layer MLP).  The index maps
+what *decides* the step — layers with their formulas, loss, the optimizer's update
+equations, dtype, options and versions — to the module's cache entry and the little a
+step needs to call it: argument order, scalar names, buffer shapes, which state-dict key
+each parameter symbol stands for, and the number of outputs.
+
+Entries are JSON written atomically; an entry that is unreadable, from another version,
+or points at a missing or damaged module is a miss, and the step is derived again.
+
+Example:
+    >>> import tempfile, os
+    >>> os.environ["SYMNET_CACHE_DIR"] = tempfile.mkdtemp()
+    >>> lookup(("no", "such", "step"), float) is None
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+
+import numba
+import sympy as sp
+
+import symnet
+from codegen.cache import cache_dir, entry_name, load_module
+from codegen.ir import Buffer, Program
+from symnet.graph import N
+from symnet.kernels import Unit
+
+FORMAT = "1"
+
+
+def _path(key: tuple):
+    text = json.dumps([key, FORMAT, symnet.__version__, numba.__version__,
+                       sys.version_info[:2]], default=str)
+    return cache_dir() / f"step_{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
+
+
+def store(key: tuple, unit: Unit) -> None:
+    """Remember that ``key`` compiles to ``unit`` (a one-program train step)."""
+    (program,) = unit.programs.values()
+    record = {"entry": entry_name(unit.source, unit.options), "options": unit.options,
+              "name": program.name, "arguments": list(program.arguments),
+              "scalars": list(program.scalars), "returns": program.returns,
+              "buffers": {n: [str(d) for d in b.shape] for n, b in program.buffers.items()},
+              "params": unit.params, "outputs": unit.outputs}
+    path = _path(key)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def lookup(key: tuple, dtype) -> Unit | None:
+    """The compiled step stored under ``key``, imported; None on any kind of miss."""
+    try:
+        record = json.loads(_path(key).read_text(encoding="utf-8"))
+        name, options = record["entry"], record["options"]
+        text = (cache_dir() / f"{name}.py").read_text(encoding="utf-8")
+        stamp, _, source = text.partition("\n")
+        if stamp != f"# symnet cache entry {name}" or entry_name(source, options) != name:
+            return None
+        buffers = {n: Buffer(n, tuple(sp.sympify(d, locals={"N": N}) for d in shape))
+                   for n, shape in record["buffers"].items()}
+        # The signature only: the ops stay in the source, which is all a hit needs.
+        program = Program(record["name"], (), tuple(record["arguments"]),
+                          tuple(record["scalars"]), buffers, record["returns"])
+        module = load_module(source, options)
+        return Unit({program.name: program}, {program.name: getattr(module, program.name)},
+                    source, dtype, bool(options.get("parallel")), options=options,
+                    params=dict(record["params"]), outputs=int(record["outputs"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, sp.SympifyError):
+        return None

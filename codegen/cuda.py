@@ -2,8 +2,9 @@
 
 The driver is a plain Python function named after the program, with the CPU function's
 parameters (device arrays, then scalars) plus one 1-element float64 device array per
-reduction (``total_L``).  It launches the kernels in order, with grids computed from the
-shapes, and copies only the loss back.  Mirrors `codegen.cpu` op by op:
+reduction (``total_L``) and, with a finite check, its flag.  It launches the kernels in
+order, with grids computed from the shapes, and copies only the loss (and that flag) back.
+Mirrors `codegen.cpu` op by op:
 
 - ``MatMul``: tiled shared-memory product; a transposed operand is read in place by
   index arithmetic (loads stay coalesced), never copied.
@@ -13,6 +14,10 @@ shapes, and copies only the loss back.  Mirrors `codegen.cpu` op by op:
 - ``RowOp``: one thread per sample row, max-subtracted as on the CPU.
 - ``Reduce``: per-thread partials, a shared-memory tree per block, one ``atomic.add``
   per block into ``total``; the scale is applied on the host.
+- ``CheckFinite``: one kernel over every entry of the gradients (and the loss's ``total``);
+  a thread that sees NaN or ±Inf stores 1 into a 1-element ``nonfinite`` flag.  The driver
+  reads the flag back (one extra tiny copy, only in a guarded program) and, when it is set,
+  returns ``(loss, False)`` without launching any update kernel.
 
 Example:
     >>> import sympy as sp
@@ -32,7 +37,7 @@ import numpy as np
 import sympy as sp
 
 from codegen.cpu import ROW_BODIES, docstring_literal, hoisted
-from codegen.ir import Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+from codegen.ir import CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 from codegen.lower import I, J
 from codegen.printer import HELPERS, KernelPrinter
 
@@ -304,8 +309,17 @@ def _render_rowop(op: RowOp, r: _Render) -> None:
 
 
 def accumulators(program: Program) -> tuple[str, ...]:
-    """The driver's trailing arguments: a 1-element float64 device array per reduction."""
-    return tuple(f"total_{op.out}" for op in program.ops if isinstance(op, Reduce))
+    """The driver's trailing arguments: a 1-element float64 device array per reduction, and
+    the finite check's flag (``nonfinite``) in a guarded program."""
+    totals = tuple(f"total_{op.out}" for op in program.ops if isinstance(op, Reduce))
+    return totals + (FLAG,) * any(isinstance(op, CheckFinite) for op in program.ops)
+
+
+def _clear(r: _Render) -> str:
+    """The kernel that zeroes a 1-element accumulator (added once)."""
+    if "_clear" not in r.kernels:
+        r.kernel("_clear", ("total",), ["total[0] = 0.0"], "Zero an accumulator on the device.")
+    return "_clear"
 
 
 def _render_reduce(op: Reduce, r: _Render) -> None:
@@ -330,9 +344,7 @@ def _render_reduce(op: Reduce, r: _Render) -> None:
             f"{INDENT}half //= 2", "if tid == 0:", f"{INDENT}cuda.atomic.add({total}, 0, block[0])"]
     name = r.kernel(f"reduce_{op.out}", params, body,
                     "Per-thread partial sums, a tree per block, one atomic add per block.")
-    if "_clear" not in r.kernels:
-        r.kernel("_clear", ("total",), ["total[0] = 0.0"], "Zero an accumulator on the device.")
-    r.driver += [f"# {op.formula}", f"_clear[1, 1]({total})",
+    r.driver += [f"# {op.formula}", f"{_clear(r)}[1, 1]({total})",
                  f"{name}[_line({rows})]({', '.join(params)})"]
     r.returns[op.out] = f"{_code(op.scale)} * {total}.copy_to_host()[0]"
 
@@ -347,8 +359,44 @@ def _render_onehot(op: OneHot, r: _Render) -> None:
                  f"{name}[_line({op.out}.shape[0])]({op.out}, {op.labels})"]
 
 
+# --- the finite check between the gradients and the updates -------------------------------
+FLAG = "nonfinite"  # 1-element float64 device array: 0.0, or 1.0 once something is not finite
+
+
+def _render_check_finite(op: CheckFinite, r: _Render) -> None:
+    # As in codegen.cpu, v * 0.0 is 0.0 for a finite v and NaN for NaN or ±Inf.  Every thread
+    # that sees one stores the same 1.0, so the race is harmless and needs no atomic.  The
+    # loss is checked as its unscaled total (the scale, 1/N, keeps finite finite).
+    total = f"total_{op.loss}" if op.loss in r.returns else None
+    body = ["k = cuda.grid(1)", "bad = False"]
+    if total is not None:
+        body += [f"if k == 0 and {total}[0] * 0.0 != 0.0:", f"{INDENT}bad = True"]
+    sizes = []
+    for name, ndim in op.arrays:
+        if ndim == 1:
+            size, entry = f"{name}.shape[0]", f"{name}[k]"
+        else:
+            size = f"{name}.shape[0] * {name}.shape[1]"
+            entry = f"{name}[k // {name}.shape[1], k % {name}.shape[1]]"
+        body += [f"if k < {size} and {entry} * 0.0 != 0.0:", f"{INDENT}bad = True"]
+        sizes.append(size)
+    body += ["if bad:", f"{INDENT}{FLAG}[0] = 1.0"]
+    params = (FLAG, *([total] if total else []), *(n for n, _ in op.arrays))
+    checked = ", ".join([op.loss] * (total is not None) + [n for n, _ in op.arrays])
+    name = r.kernel("check_finite", params, body,
+                    f"Set {FLAG}[0] unless {checked} are finite: one thread per entry.")
+    loss = r.returns.get(op.loss, "0.0")
+    extent = f"max(1, {', '.join(sizes)})" if sizes else "1"
+    r.driver += [f"# check_finite: no update unless {checked} are finite",
+                 f"{_clear(r)}[1, 1]({FLAG})",
+                 f"{name}[_line({extent})]({', '.join(params)})",
+                 f"if {FLAG}.copy_to_host()[0] != 0.0:  # the one extra copy: a flag",
+                 f"{INDENT}return {loss}, False"]
+
+
 RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
-             RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot}
+             RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot,
+             CheckFinite: _render_check_finite}
 
 
 # --- the module ----------------------------------------------------------------------------
@@ -378,8 +426,9 @@ def render_program(program: Program, batch: sp.Symbol,
         r.driver.append(f"{name} = {'int' if symbol.is_integer else 'float'}({name})")
     for op in program.ops:
         RENDERERS[type(op)](op, r)
-    r.driver.append(f"return {r.returns[program.returns]}" if program.returns else
-                    "return 0.0")
+    result = r.returns[program.returns] if program.returns else "0.0"
+    guarded = any(isinstance(op, CheckFinite) for op in program.ops)
+    r.driver.append(f"return {result}, True" if guarded else f"return {result}")
     params = ", ".join((*program.arguments, *program.scalars, *accumulators(program)))
     driver = f"def {program.name}({params}):\n" + "\n".join(INDENT + x for x in r.driver)
     new = [k for name, k in r.kernels.items() if name not in (known or {})]
@@ -402,7 +451,7 @@ def signature(kernel: Kernel, program: Program, dtype) -> tuple:
     for name in kernel.params:
         if name in labels:
             out.append(types.Array(types.int64, 1, "C"))
-        elif name == "total" or name.startswith("total_"):
+        elif name in ("total", FLAG) or name.startswith("total_"):
             out.append(types.Array(types.float64, 1, "C"))
         elif kernel.name.startswith("matmul_") or name in program.buffers:
             ndim = 2 if kernel.name.startswith("matmul_") else len(program.buffers[name].shape)

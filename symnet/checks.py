@@ -25,49 +25,65 @@ def _first_linear(model: Module) -> tuple[str, Linear]:
     return found
 
 
-def _array(value, where: str, what: str) -> np.ndarray:
+def _array(value, where, what: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
     try:
         return np.asarray(value)
     except (ValueError, TypeError) as e:  # ragged nested lists
-        raise ValueError(f"{where} got {what} that is not a rectangular array: {e}") from None
+        raise ValueError(f"{where()} got {what} that is not a rectangular array: {e}") \
+            from None
 
 
-def _convert(array: np.ndarray, dtype, where: str, what: str) -> np.ndarray:
-    """``array`` as C-contiguous ``dtype``; finite values beyond its range are an error."""
-    with np.errstate(over="ignore", invalid="ignore"):  # reported below, in our words
-        converted = np.ascontiguousarray(array, dtype=dtype)
-    # NaN and Inf propagate into a sum, so one cheap pass usually settles it; the full
-    # check runs only when the sum itself is not finite (which overflow can also cause).
-    with np.errstate(over="ignore", invalid="ignore"):
-        suspicious = not np.isfinite(converted.sum())
-    if suspicious and not np.isfinite(converted).all():
+def _convert(array: np.ndarray, dtype, where, what: str) -> np.ndarray:
+    """``array`` as C-contiguous ``dtype``; finite values beyond its range are an error.
+
+    ``where`` is a function naming the layer or loss: the name is only built for an error
+    (a step at batch 1 takes tens of microseconds, so the checks must cost less).
+    """
+    if array.dtype == dtype and array.flags.c_contiguous:
+        converted = array
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, in our words
+            converted = np.ascontiguousarray(array, dtype=dtype)
+    if not np.isfinite(converted).all():
         beyond = " (or values beyond the range of " + np.dtype(dtype).name + ")" \
             if np.isfinite(array).all() else ""
-        raise ValueError(f"{where} got {what} containing NaN or Inf{beyond}")
+        raise ValueError(f"{where()} got {what} containing NaN or Inf{beyond}")
     return converted
 
 
-def check_inputs(model: Module, inputs, dtype) -> np.ndarray:
-    """A C-contiguous (N, in_features) array of ``dtype``, or ValueError/TypeError."""
-    key, first = _first_linear(model)
-    where = f"{first!r} (layer {key})"
+def check_inputs(model: Module, inputs, dtype,
+                 first: tuple[str, Linear] | None = None) -> np.ndarray:
+    """A C-contiguous (N, in_features) array of ``dtype``, or ValueError/TypeError.
+
+    ``first`` is ``(key, layer)`` of the model's first Linear, when the caller knows it.
+    """
+    key, layer = first or _first_linear(model)
+
+    def where() -> str:
+        return f"{layer!r} (layer {key})"
+
     array = _array(inputs, where, "input")
     if array.dtype.kind not in "fiub":
-        raise TypeError(f"{where} got input of dtype {array.dtype}, expected numbers")
+        raise TypeError(f"{where()} got input of dtype {array.dtype}, expected numbers")
     if array.ndim != 2:
-        raise ValueError(f"{where} expects input of shape (N, {first.in_features}), "
+        raise ValueError(f"{where()} expects input of shape (N, {layer.in_features}), "
                          f"got shape {array.shape}")
-    if array.shape[1] != first.in_features:
-        raise ValueError(f"{where} got input with {array.shape[1]} features, "
-                         f"expected {first.in_features}")
+    if array.shape[1] != layer.in_features:
+        raise ValueError(f"{where()} got input with {array.shape[1]} features, "
+                         f"expected {layer.in_features}")
     if array.shape[0] == 0:
-        raise ValueError(f"{where} got an empty batch (0 samples)")
+        raise ValueError(f"{where()} got an empty batch (0 samples)")
     return _convert(array, dtype, where, "input")
 
 
 def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
     """Class indices in [0, outputs) for index losses, else an (N, outputs) float array."""
-    array = _array(target, repr(loss), "targets")
+    def where() -> str:
+        return repr(loss)
+
+    array = _array(target, where, "targets")
     if loss.target_kind == "index":
         if array.dtype.kind not in "iu" or array.shape != (batch,):
             raise ValueError(f"{loss!r} expects integer class indices of shape ({batch},), "
@@ -83,4 +99,4 @@ def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
                          f"got {array.shape}")
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{loss!r} got targets of dtype {array.dtype}, expected numbers")
-    return _convert(array, dtype, repr(loss), "targets")
+    return _convert(array, dtype, where, "targets")

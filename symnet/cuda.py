@@ -53,6 +53,7 @@ from symnet.graph import Graph, N
 from symnet.losses import Loss
 from symnet.module import Module, Parameter
 from symnet.optim import Optimizer
+from symnet.step import _not_finite
 
 INSTALL = "pip install 'numba-cuda[cu12]'  (or [cu13] for CUDA 13)"
 
@@ -334,10 +335,14 @@ class CudaTrainStep:
     brings everything home, and ``sync()`` does so now without leaving the GPU.
 
     ``tile`` is the matmul tile edge (`default_tile`: 16, or 4 under the simulator).
+    ``check_finite=True`` checks the loss and every gradient on the device before the updates
+    (one extra 1-element copy back per step): when one is NaN/Inf no update kernel runs, and
+    the step raises ``FloatingPointError`` with parameters, optimizer state and
+    ``step_count`` unchanged, as `symnet.step.TrainStep` does.
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,
-                 tile: int | None = None):
+                 tile: int | None = None, *, check_finite: bool = False):
         self.cuda = require()
         if [id(p) for p in optimizer.params] != [id(p) for p in model.parameters()] or \
                 len({id(p) for p in model.parameters()}) != len(optimizer.params):
@@ -346,15 +351,19 @@ class CudaTrainStep:
         _on_device(model, "CudaTrainStep")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.dtype = model.dtype
+        self.check_finite = bool(check_finite)
         self.derivation = derive(model, loss, optimizer)
         leading, one_hot = kernels.target_arguments(loss)
         tile = default_tile() if tile is None else tile
         key = ("cuda-step", kernels.structure_key(model, loss, self.dtype), tile,
-               type(optimizer).__name__, tuple(str(eq) for eq in self.derivation.updates))
+               type(optimizer).__name__, tuple(str(eq) for eq in self.derivation.updates),
+               self.check_finite)
         if key not in _units:
             d = self.derivation
-            program = lower("train_step", d.forward + d.backward + d.updates, N, leading,
-                            frozenset(d.state_symbols()), one_hot)
+            eqs = d.forward + d.backward + d.updates
+            guard_at = len(eqs) - len(d.updates) if self.check_finite else None
+            program = lower("train_step", eqs, N, leading, frozenset(d.state_symbols()),
+                            one_hot, guard_at)
             _compile(key, program, self.dtype, tile,
                      f"symnet CUDA train step: {model!r}, {loss!r}, {optimizer!r}")
         unit = _units[key]
@@ -420,8 +429,13 @@ class CudaTrainStep:
                               *(hyper[s] if s == "t" else self.dtype(hyper[s])
                                 for s in self.program.scalars),
                               *(arrays[n] for n in render.accumulators(self.program)))
+        if self.check_finite:
+            value, finite = value
+            if not finite:  # no update kernel ran: the device copies are as they were
+                raise FloatingPointError(_not_finite(self.optimizer.step_count + 1, value))
         self.optimizer.step_count += 1
         return float(value)
 
     def __repr__(self) -> str:
-        return f"CudaTrainStep({self.model!r}, {self.loss!r}, {self.optimizer!r})"
+        guard = ", check_finite=True" if self.check_finite else ""
+        return f"CudaTrainStep({self.model!r}, {self.loss!r}, {self.optimizer!r}{guard})"

@@ -21,7 +21,7 @@ import numpy as np
 from codegen.lower import lower
 from symnet import kernels, step_index
 from symnet.backprop import derive
-from symnet.checks import check_inputs, check_targets
+from symnet.checks import _first_linear, check_inputs, check_targets
 from symnet.graph import N
 from symnet.losses import Loss
 from symnet.module import Module, check_device
@@ -57,6 +57,7 @@ class TrainStep:
         self.function = self.unit.functions["train_step"]
         self._keys = self.unit.params
         self._cache: tuple | None = None
+        self._first = None  # the first Linear, found on the first call
 
     @property
     def derivation(self):
@@ -86,7 +87,9 @@ class TrainStep:
             self.model, self.optimizer, self._keys, self.dtype, "cpu").items()}
 
     def __call__(self, inputs, targets) -> float:
-        X = check_inputs(self.model, inputs, self.dtype)
+        if self._first is None:
+            self._first = _first_linear(self.model)
+        X = check_inputs(self.model, inputs, self.dtype, self._first)
         batch = X.shape[0]
         Y = check_targets(self.loss, targets, batch, self.unit.outputs, self.dtype)
         identity = (batch, [(id(p.data), p.device) for p in self.optimizer.params])
@@ -148,11 +151,8 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = Fa
     if model.device == "cuda":
         from symnet.cuda import CudaTrainStep
 
-        if check_finite:
-            raise NotImplementedError("compile: check_finite=True is not implemented for "
-                                      "device='cuda' yet")
         if parallel:
             raise ValueError("compile: parallel=True runs the CPU kernels on several threads; "
                              "it does not apply to a model on 'cuda'")
-        return CudaTrainStep(model, loss, optimizer)
+        return CudaTrainStep(model, loss, optimizer, check_finite=check_finite)
     return TrainStep(model, loss, optimizer, parallel, check_finite=check_finite)

@@ -172,10 +172,7 @@ def _compile(model: sn.Module, loss, optimizer, device: str, distributed: bool =
     try:
         if device != "cpu":
             model.to(device)  # parameters (and then optimizer state) live there from now on
-        try:
-            return sn.compile(model, loss, optimizer, device=device, check_finite=True)
-        except NotImplementedError:  # no finite check on this device: train checks the loss
-            return sn.compile(model, loss, optimizer, device=device)
+        return sn.compile(model, loss, optimizer, device=device, check_finite=True)
     except RuntimeError as error:  # CUDA missing: the CLI reports ValueErrors in one line
         raise ValueError(f"--device {device}: {error}") from None
 
@@ -225,17 +222,6 @@ class _EpochBar:
             self.bar.close()
 
 
-def _apply(step, X: np.ndarray, y: np.ndarray, guarded: bool, device: str) -> float:
-    """One step; without the compiled finite check, a NaN loss is still caught here."""
-    loss = step(X, y)
-    if not (guarded or math.isfinite(loss)):
-        raise FloatingPointError(
-            f"train step {step.optimizer.step_count}: the loss became {loss}; --device "
-            f"{device} has no finite check, so that update was applied (the checkpoint "
-            f"file, if any, still holds the last one written)")
-    return loss
-
-
 def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str | None = None,
           checkpoint_every: int | None = None, resume: bool = False,
           progress: bool | None = None) -> TrainResult:
@@ -263,7 +249,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
     if resume:
         state = restore(save, config, model, optimizer)
     step = _compile(model, arch.loss_function(), optimizer, config.device, config.distributed)
-    guarded = getattr(step, "check_finite", False)
     scaling = scaling_of(train_set)
     X = scale(train_set.X, scaling)
     y = train_set.y if data.classes else train_set.y.reshape(len(train_set), -1)
@@ -290,10 +275,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
                     break
                 idx = order[b]
                 try:
-                    loss = _apply(step, X[idx], y[idx], guarded, config.device)
+                    loss = step(X[idx], y[idx])  # a NaN/Inf step is refused, not applied
                 except FloatingPointError as error:
-                    raise _diverged(error, state, per_epoch, result,
-                                    save if guarded else None, checkpoint) from None
+                    raise _diverged(error, state, per_epoch, result, save, checkpoint) from None
                 state.batch, state.loss_sum = b + 1, state.loss_sum + loss * len(idx)
                 result.losses.append(loss)
                 bar.advance(len(idx), state.loss_sum / min(state.batch * size, n))

@@ -172,6 +172,26 @@ def test_a_step_moves_only_the_batch_in_and_the_loss_out(monkeypatch):
 
 
 @needs_cuda
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # simulator threads: inf · 0
+def test_a_checked_step_brings_back_one_flag_more(monkeypatch):
+    """check_finite adds one 1-element copy back, whether the step is applied or refused."""
+    model = _model().to("cuda")
+    opt = OPTIMIZERS["adam"](model.parameters())
+    step = sn.compile(model, sn.CrossEntropyLoss(), opt, check_finite=True)
+    (X, y), = _batches(1)
+    step(X, y)
+    transfers = Transfers(monkeypatch)
+    step(X, y)
+    assert transfers.take() == {"to_device": 2, "copy_to_host": 2}  # X, labels; flag, loss
+    model[2].weight.data[0, 0] = np.inf  # (fetches the weights first)
+    transfers.take()
+    with pytest.raises(FloatingPointError, match="train step 3: the loss became (nan|inf)"):
+        step(X, y)
+    assert transfers.take() == {"to_device": 2, "copy_to_device": 1, "copy_to_host": 2}
+    assert opt.step_count == 2
+
+
+@needs_cuda
 def test_state_dicts_of_a_cuda_model_are_host_arrays_that_load_anywhere(tmp_path, assert_close,
                                                                          torch_mirror):
     model = _model().to("cuda")

@@ -205,3 +205,113 @@ def test_no_gpu_found(monkeypatch):
     model, loss, opt = _setup("relu", "ce", "adam", "f32")
     with pytest.raises(RuntimeError, match=r"no CUDA GPU was found \(CUDA driver library"):
         CudaTrainStep(model, loss, opt)
+
+
+# --- check_finite: a NaN/Inf step is refused on the device, as on the CPU ----------------------
+def _snapshot(model, optimizer) -> tuple:
+    """Bytes of every parameter and optimizer buffer (host copies), and the step count."""
+    tensors = optimizer.state_dict()["tensors"]
+    return ({k: v.tobytes() for k, v in model.state_dict().items()},
+            {k: np.asarray(v).tobytes() for k, v in tensors.items()}, optimizer.step_count)
+
+
+def _nan_parameter(model, X, y):
+    """A NaN written into a weight through the host (uploaded before the step): loss NaN."""
+    good = model[0].weight.data[1, 2]
+    model[0].weight.data[1, 2] = np.nan
+
+    def restore():  # through .data again: an array held from before a step is stale
+        model[0].weight.data[1, 2] = good
+    return X, y, restore
+
+
+def _inf_batch(model, X, y):
+    """Finite targets whose squared error overflows the dtype: loss +Inf."""
+    return X, np.full_like(y, np.sqrt(np.finfo(y.dtype).max) * 4), lambda: None
+
+
+def _nan_gradient(model, X, y):
+    """|z|^(2/3) has a cusp at 0: with zero inputs and biases the loss is finite, dW1 is not."""
+    model[0].bias.data[...] = 0
+    return np.zeros_like(X), y, lambda: None
+
+
+def _cusp_model(dtype):
+    import sympy as sp
+
+    x = sp.Symbol("x", real=True)
+    sn.manual_seed(0)
+    model = sn.Sequential(sn.Linear(5, 4), sn.Activation("cusp", sp.cbrt(x**2), x),
+                          sn.Linear(4, 3))
+    return model.to(DTYPES[dtype])
+
+
+REFUSALS = {  # case: (how the step goes bad, the model, optimizer, dtype, the message)
+    "nan_parameter": (_nan_parameter, None, "adam", "f32", "the loss became nan"),
+    "inf_batch": (_inf_batch, None, "sgd_momentum", "f64", "the loss became inf"),
+    "nan_gradient": (_nan_gradient, _cusp_model, "adamw", "f64", "a gradient became NaN"),
+}
+
+
+@needs_cuda
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # simulator threads: overflow, 0/0
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_check_finite_refuses_the_step_and_the_next_one_matches_cpu(case, assert_close):
+    """Good step, bad step (refused, nothing changed), good step: as the CPU backend does it."""
+    spoil, make, optimizer, dtype, what = REFUSALS[case]
+    models = [make(dtype) if make else _setup("tanh", "mse", optimizer, dtype)[0]
+              for _ in range(2)]
+    model, ref_model = models[0].to("cuda"), models[1]
+    opt, ref_opt = (OPTIMIZERS[optimizer](m.parameters()) for m in models)
+    gpu = sn.compile(model, sn.MSELoss(), opt, check_finite=True)
+    cpu = sn.compile(ref_model, sn.MSELoss(), ref_opt, check_finite=True)
+    cpu.function = cpu.function.py_func
+    assert isinstance(gpu, CudaTrainStep) and gpu.check_finite
+    (X, y), (X2, y2) = _batches("mse", dtype, count=2)
+    rtol = TOLERANCE[DTYPES[dtype]]
+    assert_close(gpu(X, y), cpu(X, y), rtol, "loss at step 1")
+
+    errors = []
+    for step, m, o in ((gpu, model, opt), (cpu, ref_model, ref_opt)):
+        bad_X, bad_y, restore = spoil(m, X2, y2)
+        before = _snapshot(m, o)
+        with pytest.raises(FloatingPointError, match=r"^train step 2: ") as caught, \
+                np.errstate(all="ignore"):
+            step(bad_X, bad_y)
+        errors.append(str(caught.value))
+        if step is gpu:
+            gpu.sync()
+        after = _snapshot(m, o)
+        assert after[2] == before[2] == 1, "step_count moved"
+        changed = [k for part in (0, 1) for k in before[part] if before[part][k] != after[part][k]]
+        assert not changed, f"changed by the refused step: {changed}"
+        restore()
+    assert what in errors[0] and "left unchanged" in errors[0]
+    if DTYPES[dtype] == np.float64:  # the loss is printed to 6 digits: equal in float64
+        assert errors[0] == errors[1]
+
+    assert_close(gpu(X2, y2), cpu(X2, y2), rtol, "loss at step 3 (the next good one)")
+    gpu.sync()
+    assert opt.step_count == ref_opt.step_count == 2
+    expected = _state(ref_model, ref_opt)
+    for name, array in _state(model, opt).items():
+        assert_close(array, expected[name], rtol, name)
+
+
+@needs_cuda
+def test_check_finite_off_emits_no_check_and_on_adds_one_kernel():
+    model, loss, opt = _setup("relu", "ce", "adam", "f32")
+    model.to("cuda")
+    plain = CudaTrainStep(model, loss, opt, tile=TILE)
+    guarded = CudaTrainStep(model, loss, opt, tile=TILE, check_finite=True)
+    for text in ("nonfinite", "check_finite", ", True", ", False"):
+        assert text not in plain.source(), text
+    assert guarded.source().count("def check_finite(") == 1
+    assert "# check_finite: no update unless L, dW1, dW2, db1, db2 are finite" in guarded.source()
+    check = guarded.source().index("check_finite[")
+    assert all(guarded.source().index(f"loop_{p}[") > check for p in ("W1", "b1", "W2", "b2"))
+    X, y = next(_batches("ce", "f32"))
+    loss_value = plain(X, y)
+    assert isinstance(loss_value, float) and opt.step_count == 1
+    assert guarded(X, y) < loss_value and opt.step_count == 2
+    assert "check_finite=True" in repr(guarded) and "check_finite" not in repr(plain)

@@ -70,27 +70,40 @@ def test_diverged_carries_the_finite_result():
     assert all(np.isfinite(p.data).all() for p in caught.value.result.model.parameters())
 
 
-def test_a_step_without_a_finite_check_still_stops_and_keeps_the_last_checkpoint(
-        tmp_path, monkeypatch):
-    """Where compile has no check_finite (the CUDA step, for now) the loop checks the loss:
-    that update is applied, so the periodic checkpoint is left as it was."""
-    import symnet.train as train_module
+SIMULATED_DIVERGENCE = """
+import json, sys
+from symnet.train import Diverged, TrainConfig, train
+config = TrainConfig(layers=(64, 8, 10), optimizer="sgd", lr=1e10, epochs=1, batch_size=8,
+                     seed=0, device="cuda")
+try:
+    train(config, log=lambda line: None, save=sys.argv[1])
+except Diverged as error:
+    result = error.result
+    print(json.dumps({"message": str(error), "steps": result.optimizer.step_count,
+                      "model": {k: v.tolist() for k, v in result.model.state_dict().items()}}))
+"""
 
-    real = sn.compile
 
-    def unchecked(*args, check_finite=False, **kwargs):
-        if check_finite:
-            raise NotImplementedError("no finite check here")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_module.sn, "compile", unchecked)
+def test_a_diverging_cuda_run_stops_with_the_last_finite_parameters(tmp_path):
+    """The CUDA step's finite check refuses the NaN step: the checkpoint written on the way out
+    holds the parameters after the last applied step, as a CPU run stopped there has them."""
     path = tmp_path / "ck.safetensors"
-    with pytest.raises(Diverged, match="has no finite check, so that update was applied"):
-        train(TrainConfig(layers=(64, 16, 10), optimizer="sgd", lr=1e6, epochs=1, seed=1),
-              log=lambda line: None, save=str(path), checkpoint_every=2)
+    done = _python(SIMULATED_DIVERGENCE, os.environ.get("NUMBA_ENABLE_CUDASIM", "1"),
+                   str(path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    failed = int(re.search(r"train step (\d+): the loss became", run["message"]).group(1))
+    assert failed >= 2 and "were left unchanged" in run["message"] and str(path) in run["message"]
     bundle = sn.load(path)
-    assert bundle["optimizer"]["step"] % 2 == 0
-    assert all(np.isfinite(v).all() for v in bundle["model"].values())
+    assert bundle["optimizer"]["step"] == run["steps"] == failed - 1  # the NaN step: refused
+    before = train(TrainConfig(layers=(64, 8, 10), optimizer="sgd", lr=1e10, epochs=1,
+                               batch_size=8, seed=0, max_steps=failed - 1), log=lambda line: None)
+    for name, expected in before.model.state_dict().items():
+        for where, value in (("checkpoint", bundle["model"][name]),
+                             ("Diverged.result", np.asarray(run["model"][name], np.float32))):
+            assert np.isfinite(value).all(), f"{where} {name}"
+            np.testing.assert_allclose(value, expected, rtol=1e-5,
+                                       atol=1e-5 * np.abs(expected).max(), err_msg=where)
 
 
 # --- --plot ------------------------------------------------------------------------------------
@@ -202,11 +215,11 @@ print(json.dumps(runs))
 """
 
 
-def _python(code: str, simulator: str) -> subprocess.CompletedProcess:
+def _python(code: str, simulator: str, *args: str) -> subprocess.CompletedProcess:
     # The simulator must be chosen before Numba is imported: a fresh interpreter.
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": simulator, "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
 def test_cuda_run_in_the_simulator_follows_the_cpu_loss_curve():

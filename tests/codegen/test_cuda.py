@@ -38,7 +38,7 @@ from codegen.expr import (  # noqa: E402
     SoftmaxVJP,
     Total,
 )
-from codegen.ir import Buffer, MatMul, OneHot, Program  # noqa: E402
+from codegen.ir import Buffer, CheckFinite, MatMul, OneHot, Program, Reduce  # noqa: E402
 from codegen.lower import lower  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,12 +246,66 @@ def test_source_names_formulas():
     assert " max(" not in source and "_max(" in source  # the CUDA target lacks builtin max
 
 
+# --- the finite check: against numpy's isfinite -----------------------------------------------
+def _check_program() -> Program:
+    """``L = Σ Y`` then a finite check of L, a (3, 5) matrix and a 4-vector."""
+    from codegen.lower import I, J
+
+    y = sp.IndexedBase("Y")[I, J]
+    ops = (Reduce("L", (N, 2), y, sp.Integer(1), "L = sum(Y)"),
+           CheckFinite("L", (("A", 2), ("b", 1))))
+    buffers = {"Y": Buffer("Y", (N, 2)), "A": Buffer("A", (3, 5)), "b": Buffer("b", (4,))}
+    return Program("guard", ops, ("Y", "A", "b"), (), buffers, "L")
+
+
+SPOILS = {  # (array, entry, value): each entry kind, the last entry of the widest array
+    "finite": None, "Y nan": ("Y", (1, 0), np.nan), "A inf last": ("A", (2, 4), np.inf),
+    "A -inf first": ("A", (0, 0), -np.inf), "A nan middle": ("A", (1, 3), np.nan),
+    "b inf last": ("b", (3,), np.inf), "b max finite": ("b", (0,), "max"),
+}
+
+
+@needs_cuda
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # simulator threads: inf · 0
+@pytest.mark.parametrize("spoil", list(SPOILS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_check_finite_flags_exactly_the_non_finite(spoil, dtype, assert_close):
+    program = _check_program()
+    rng = np.random.default_rng(3)
+    arrays = {"Y": rng.standard_normal((3, 2)), "A": rng.standard_normal((3, 5)),
+              "b": rng.standard_normal(4)}
+    arrays = {n: a.astype(dtype) for n, a in arrays.items()}
+    if SPOILS[spoil]:
+        name, at, value = SPOILS[spoil]
+        arrays[name][at] = np.finfo(dtype).max if value == "max" else value
+    (loss, finite), out = _run_gpu(program, arrays, dtype)
+    expected = all(np.isfinite(a).all() for a in arrays.values())
+    assert finite is expected
+    total = arrays["Y"].astype(np.float64).sum()
+    if np.isnan(total):
+        assert np.isnan(loss)
+    else:
+        assert_close(loss, total, TOLERANCE[dtype], "the loss returned beside the flag")
+    assert all(np.array_equal(out[n], a, equal_nan=True) for n, a in arrays.items())
+
+
+def test_check_finite_off_renders_no_check():
+    """No simulator needed: without a CheckFinite op there is no flag, kernel or tuple."""
+    plain = _check_program()
+    plain = Program("plain", plain.ops[:1], ("Y",), (), plain.buffers, "L")
+    source = render.render_module([plain], N, np.float64)
+    assert "nonfinite" not in source and "check_finite" not in source
+    assert render.accumulators(plain) == ("total_L",)
+    assert render.accumulators(_check_program()) == ("total_L", "nonfinite")
+
+
 # --- the real compiler -----------------------------------------------------------------------
 PTX_PROBE = "from numba.cuda.cudadrv import nvvm, libs; nvvm.NVVM(); libs.get_libdevice()"
 
 
 def _ptx_programs():
-    """Single-op programs, every matmul variant, and two whole train steps."""
+    """Single-op programs, every matmul variant, and two whole train steps (with the finite
+    check, so its kernel compiles in float32 and float64 too)."""
     import symnet as sn
     from symnet import kernels
     from symnet.backprop import derive
@@ -270,8 +324,9 @@ def _ptx_programs():
         optimizer = opt(model.parameters(), lr=0.1)
         d = derive(model, loss(), optimizer)
         leading, one_hot = kernels.target_arguments(loss())
-        programs.append((lower("train_step", d.forward + d.backward + d.updates, batch,
-                               leading, frozenset(d.state_symbols()), one_hot), dtype))
+        eqs = d.forward + d.backward + d.updates
+        programs.append((lower("train_step", eqs, batch, leading, frozenset(d.state_symbols()),
+                               one_hot, guard_at=len(eqs) - len(d.updates)), dtype))
     return programs
 
 

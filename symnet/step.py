@@ -58,6 +58,21 @@ class TrainStep:
         self._keys = self.unit.params
         self._cache: tuple | None = None
         self._first = None  # the first Linear, found on the first call
+        self._hyper: tuple | None = None  # (optimizer.defaults, their scalars) last seen
+
+    def _scalars(self) -> list:
+        """Hyperparameters in the program's order, converted once per change of their values:
+        in the model's dtype, so a float32 update loop stays float32; ``t`` the next step."""
+        defaults = self.optimizer.defaults
+        if self._hyper is None or self._hyper[0] != defaults:
+            hyper = self.optimizer.hyperparameters()
+            self._hyper = (dict(defaults), [None if s == "t" else self.dtype(hyper[s])
+                                            for s in self.program.scalars])
+        scalars = self._hyper[1]
+        if "t" in self.program.scalars:
+            scalars = list(scalars)
+            scalars[self.program.scalars.index("t")] = self.optimizer.step_count + 1
+        return scalars
 
     @property
     def derivation(self):
@@ -92,16 +107,14 @@ class TrainStep:
         X = check_inputs(self.model, inputs, self.dtype, self._first)
         batch = X.shape[0]
         Y = check_targets(self.loss, targets, batch, self.unit.outputs, self.dtype)
-        identity = (batch, [(id(p.data), p.device) for p in self.optimizer.params])
+        # Which arrays the parameters hold now (p._host, not p.data: no device sync here).
+        identity = (batch, [(id(p._host), p._mirror is None) for p in self.optimizer.params])
         if self._cache is None or self._cache[0] != identity:
             leading = self.program.arguments[:2]
             args = self.unit.buffers("train_step", batch,
                                      {leading[0]: X, leading[1]: Y, **self._state()})
             self._cache = (identity, args[2:])
-        hyper = {**self.optimizer.hyperparameters(), "t": self.optimizer.step_count + 1}
-        # Scalars in the model's dtype, so a float32 update loop stays float32.
-        scalars = [hyper[s] if s == "t" else self.dtype(hyper[s]) for s in self.program.scalars]
-        value = self.function(X, Y, *self._cache[1], *scalars)
+        value = self.function(X, Y, *self._cache[1], *self._scalars())
         if self.check_finite:
             value, finite = value
             if not finite:

@@ -17,8 +17,8 @@ import keyword
 import sympy as sp
 
 from codegen.ir import CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
-from codegen.lower import I, J
 from codegen.printer import HELPERS, kernel_code
+from codegen.schedule import plan_loop
 
 INDENT = "    "
 
@@ -40,64 +40,19 @@ def _loop_header(space, parallel: bool) -> tuple[list[str], str]:
             f"{INDENT}for j in {_range(space[1], False)}:"], INDENT * 2
 
 
-def hoisted(exprs: list[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
-    """Loop invariants (no array, no loop value: ``1 − β₁ᵗ``) and common subexpressions."""
-    invariants: dict[sp.Expr, sp.Symbol] = {}
-
-    def varies(e: sp.Expr) -> bool:
-        return e.has(sp.Indexed) or any(s.name.startswith("t_") for s in e.free_symbols)
-
-    def hoist(e: sp.Expr) -> sp.Expr:
-        # Only scalar expressions: a Piecewise branch or condition is not a value.
-        if isinstance(e, sp.Expr) and not varies(e) and not e.is_Atom and not e.is_Number \
-                and not (e.is_Mul and all(a.is_Atom for a in e.args)):
-            return invariants.setdefault(e, sp.Symbol(f"k{len(invariants)}"))
-        if e.is_Atom or not e.args:
-            return e
-        return e.func(*(hoist(a) for a in e.args))
-
-    exprs = [hoist(e) for e in exprs]
-    symbols = sp.numbered_symbols("c")
-    replacements, reduced = sp.cse(exprs, symbols=symbols, optimizations="basic")
-    return [(s, e) for e, s in invariants.items()] + replacements, reduced
-
-
 def _render_loop(op: Loop, parallel: bool) -> list[str]:
-    index = (I, J) if len(op.space) == 2 else (I,)
-    local_of: dict[sp.Indexed, sp.Symbol] = {}
-    exprs = []
-    for target, expr in op.assigns:
-        exprs.append(expr.xreplace(local_of))
-        local_of[sp.IndexedBase(target)[index]] = sp.Symbol(f"t_{target}")
-    replacements, reduced = hoisted(exprs)
-    # A subexpression varies per entry if it reads an array, an earlier assignment's
-    # register (t_Z1) or another varying subexpression; it must then be computed inside
-    # the loop, after the registers it reads.
-    registers = {sp.Symbol(f"t_{target}") for target, _ in op.assigns}
-    outside, inside, varying = [], [], set()
-    for s, e in replacements:
-        if e.has(sp.Indexed) or e.free_symbols & (registers | varying):
-            inside.append((s, e))
-            varying.add(s)
-        else:
-            outside.append((s, e))
+    plan = plan_loop(op)
     lines = [f"# {f}" for f in op.formulas]
     # Invariants in the arrays' own precision: `1 - beta1` is float64 in Numba (an int
     # minus a float32), and one float64 factor turns a whole float32 loop into float64.
-    lines += [f"{s} = real({kernel_code(e)})" for s, e in outside]
+    lines += [f"{s} = real({kernel_code(e)})" for s, e in plan.invariants]
     header, pad = _loop_header(op.space, parallel)
     lines += header
-    at = ", ".join(str(s) for s in index)
-    defined: set[sp.Symbol] = set()
-    for (target, _), value in zip(op.assigns, reduced):
-        for s, e in [(s, e) for s, e in inside if s not in defined]:
-            if e.free_symbols & (registers | varying) <= defined:
-                lines.append(f"{pad}{s} = {kernel_code(e)}")
-                defined.add(s)
-        lines.append(f"{pad}t_{target} = {kernel_code(value)}")
-        defined.add(sp.Symbol(f"t_{target}"))
-        if target not in op.locals:
-            lines.append(f"{pad}{target}[{at}] = t_{target}")
+    at = "i, j" if len(op.space) == 2 else "i"
+    for symbol, value, array in plan.statements:
+        lines.append(f"{pad}{symbol} = {kernel_code(value)}")
+        if array is not None:
+            lines.append(f"{pad}{array}[{at}] = {symbol}")
     return lines
 
 

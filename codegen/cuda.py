@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from codegen.cpu import ROW_BODIES, docstring_literal, hoisted
+from codegen.cpu import ROW_BODIES, docstring_literal
 from codegen.ir import CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 from codegen.lower import I, J
 from codegen.printer import HELPERS, KernelPrinter
+from codegen.schedule import plan_loop
 
 INDENT = "    "
 TILE = 16  # matmul tile edge: 16×16 = 256 threads per block
@@ -231,44 +232,17 @@ def _calls_helper(e: sp.Expr) -> bool:
     return any(f"{h}(" in kernel_code(e) for h in HELPER_NAMES)
 
 
-def _split_loop(op: Loop):
-    """(host invariants, per-thread lines' sources, reduced values) as the CPU splits them."""
-    index = (I, J) if len(op.space) == 2 else (I,)
-    local_of: dict[sp.Indexed, sp.Symbol] = {}
-    exprs = []
-    for target, expr in op.assigns:
-        exprs.append(expr.xreplace(local_of))
-        local_of[sp.IndexedBase(target)[index]] = sp.Symbol(f"t_{target}")
-    replacements, reduced = hoisted(exprs)
-    registers = {sp.Symbol(f"t_{target}") for target, _ in op.assigns}
-    host, inside, varying = [], [], set()
-    for s, e in replacements:
-        # Device helpers (_sigmoid) cannot run on the host: such invariants go per thread.
-        if e.has(sp.Indexed) or e.free_symbols & (registers | varying) or _calls_helper(e):
-            inside.append((s, e))
-            varying.add(s)
-        else:
-            host.append((s, e))
-    return host, inside, reduced, registers, varying
-
-
 def _render_loop(op: Loop, r: _Render) -> None:
-    host, inside, reduced, registers, varying = _split_loop(op)
+    # Device helpers (_sigmoid) cannot run on the host: such invariants go per thread.
+    plan = plan_loop(op, per_entry=_calls_helper)
     two_d = len(op.space) == 2
     at = "i, j" if two_d else "i"
     body: list[str] = []
-    defined: set[sp.Symbol] = set()
-    for (target, _), value in zip(op.assigns, reduced):
-        for s, e in [(s, e) for s, e in inside if s not in defined]:
-            if e.free_symbols & (registers | varying) <= defined:
-                body.append(f"{INDENT}{s} = {kernel_code(e)}")
-                defined.add(s)
-        body.append(f"{INDENT}t_{target} = {kernel_code(value)}")
-        defined.add(sp.Symbol(f"t_{target}"))
-        if target not in op.locals:
-            body.append(f"{INDENT}{target}[{at}] = t_{target}")
-    arrays, scalars = _arrays_and_scalars([e for _, e in inside] + list(reduced),
-                                          registers | varying)
+    for symbol, value, array in plan.statements:
+        body.append(f"{INDENT}{symbol} = {kernel_code(value)}")
+        if array is not None:
+            body.append(f"{INDENT}{array}[{at}] = {symbol}")
+    arrays, scalars = _arrays_and_scalars([e for _, e, _ in plan.statements], plan.defined)
     arrays += [t for t, _ in op.assigns if t not in op.locals and t not in arrays]
     extents = [_code(x) for x in op.space]
     scalars |= {x for x in op.space if isinstance(x, sp.Symbol)}
@@ -284,7 +258,8 @@ def _render_loop(op: Loop, r: _Render) -> None:
                     "One thread per entry; locals stay in registers.")
     launch = f"_plane({extents[0]}, {extents[1]})" if two_d else f"_line({extents[0]})"
     r.driver += [f"# {f}" for f in op.formulas]
-    r.driver += [f"{s} = {kernel_code(e)}  # loop invariant, once per step" for s, e in host]
+    r.driver += [f"{s} = {kernel_code(e)}  # loop invariant, once per step"
+                 for s, e in plan.invariants]
     r.driver.append(f"{name}[{launch}]({', '.join(params)})")
 
 

@@ -26,6 +26,7 @@ if "numba.cuda" not in sys.modules:  # Numba came first (another test module), n
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from cuda_support import compile_ptx_in_subprocess, pretend_sm90, rerun_in_simulator  # noqa: E402
 from numba import config  # noqa: E402
 from numba import cuda as numba_cuda  # noqa: E402
 
@@ -50,11 +51,7 @@ OPTIMIZERS = {
 @pytest.mark.skipif(RUNS_HERE, reason="CUDA (or its simulator) runs in this process")
 def test_in_simulator():
     """This file again, in a process that enables the simulator before importing Numba."""
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(Path(__file__).relative_to(ROOT))],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    rerun_in_simulator(__file__)
 
 
 def _model(seed=0, dtype=np.float32):
@@ -373,14 +370,11 @@ def test_without_a_gpu_to_cuda_says_so():
 
 
 # --- the real compiler -----------------------------------------------------------------------
-PTX_PROBE = "from numba.cuda.cudadrv import nvvm, libs; nvvm.NVVM(); libs.get_libdevice()"
 
 
 def compile_forward_ptx() -> int:
     """Compile every kernel of two forward programs for sm_90 (run without the simulator)."""
-    import types
 
-    import numba.cuda.dispatcher
     from numba import cuda
 
     from codegen import cuda as render
@@ -388,9 +382,7 @@ def compile_forward_ptx() -> int:
     from symnet import kernels
     from symnet.graph import N
 
-    if not cuda.is_available():  # device functions ask the GPU for its compute capability
-        numba.cuda.dispatcher.get_current_device = \
-            lambda: types.SimpleNamespace(compute_capability=(9, 0))
+    pretend_sm90()  # device functions ask the GPU for its compute capability
     count = 0
     for dtype in (np.float32, np.float64):
         model = sn.Sequential(sn.Linear(4, 3), sn.LeakyReLU(0.1), sn.Linear(3, 3), sn.GELU(),
@@ -411,15 +403,4 @@ def compile_forward_ptx() -> int:
 @needs_cuda  # else the rerun in the simulator's process compiles them
 def test_forward_kernels_compile_to_ptx():
     """The simulator accepts code the CUDA compiler rejects: compile the forward for real."""
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    probe = subprocess.run([sys.executable, "-c", PTX_PROBE], env=env, capture_output=True,
-                           text=True, timeout=120)
-    if probe.returncode != 0:
-        pytest.skip("the CUDA compiler (NVVM, libdevice) is not importable: "
-                    + (probe.stderr.strip().splitlines() or ["?"])[-1])
-    code = ("import runpy, sys; ns = runpy.run_path(sys.argv[1]); "
-            "print('compiled', ns['compile_forward_ptx']())")
-    run = subprocess.run([sys.executable, "-c", code, __file__], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    assert "compiled" in run.stdout
+    compile_ptx_in_subprocess(__file__, "compile_forward_ptx")

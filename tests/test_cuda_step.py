@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # before Numba is imported
 
@@ -26,6 +24,7 @@ if "numba.cuda" not in sys.modules:  # Numba came first (another test module), n
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from cuda_support import rerun_in_simulator  # noqa: E402
 from numba import config  # noqa: E402
 from numba import cuda as numba_cuda  # noqa: E402
 
@@ -33,7 +32,6 @@ import symnet as sn  # noqa: E402
 import symnet.cuda as sn_cuda  # noqa: E402
 from symnet.cuda import CudaTrainStep  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SIMULATED = bool(config.ENABLE_CUDASIM)
 RUNS_HERE = SIMULATED or numba_cuda.is_available()
 needs_cuda = pytest.mark.skipif(not RUNS_HERE, reason="Numba was imported without the CUDA "
@@ -47,11 +45,7 @@ BATCH, STEPS = 6, 3
 @pytest.mark.skipif(RUNS_HERE, reason="CUDA (or its simulator) runs in this process")
 def test_in_simulator():
     """This file again, in a process that enables the simulator before importing Numba."""
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(Path(__file__).relative_to(ROOT))],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    rerun_in_simulator(__file__)
 
 
 ACTIVATIONS = {"relu": sn.ReLU, "sigmoid": sn.Sigmoid, "tanh": sn.Tanh}

@@ -10,9 +10,7 @@ CUDA compiler, which rejects code the simulator accepts.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # before Numba is imported
 
@@ -24,6 +22,7 @@ if "numba.cuda" not in sys.modules:  # Numba came first (another test module), n
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import sympy as sp  # noqa: E402
+from cuda_support import compile_ptx_in_subprocess, pretend_sm90, rerun_in_simulator  # noqa: E402
 from numba import config  # noqa: E402
 from numba import cuda as numba_cuda  # noqa: E402
 
@@ -41,7 +40,6 @@ from codegen.expr import (  # noqa: E402
 from codegen.ir import Buffer, CheckFinite, MatMul, OneHot, Program, Reduce  # noqa: E402
 from codegen.lower import lower  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 SIMULATED = bool(config.ENABLE_CUDASIM)
 RUNS_HERE = SIMULATED or numba_cuda.is_available()
 needs_cuda = pytest.mark.skipif(not RUNS_HERE, reason="Numba was imported without the CUDA "
@@ -52,11 +50,7 @@ TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 @pytest.mark.skipif(RUNS_HERE, reason="CUDA (or its simulator) runs in this process")
 def test_in_simulator():
     """This file again, in a process that enables the simulator before importing Numba."""
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          str(Path(__file__).relative_to(ROOT))],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    rerun_in_simulator(__file__)
 
 
 # --- running a program on both backends -----------------------------------------------------
@@ -300,7 +294,6 @@ def test_check_finite_off_renders_no_check():
 
 
 # --- the real compiler -----------------------------------------------------------------------
-PTX_PROBE = "from numba.cuda.cudadrv import nvvm, libs; nvvm.NVVM(); libs.get_libdevice()"
 
 
 def _ptx_programs():
@@ -332,14 +325,10 @@ def _ptx_programs():
 
 def compile_all_ptx() -> int:
     """Compile every generated kernel for sm_90 (run without the simulator); returns a count."""
-    import types
 
-    import numba.cuda.dispatcher
     from numba import cuda
 
-    if not cuda.is_available():  # device functions ask the GPU for its compute capability
-        numba.cuda.dispatcher.get_current_device = \
-            lambda: types.SimpleNamespace(compute_capability=(9, 0))
+    pretend_sm90()  # device functions ask the GPU for its compute capability
     count = 0
     for program, dtype in _ptx_programs():
         module = _gpu_module([program], dtype)
@@ -353,16 +342,4 @@ def compile_all_ptx() -> int:
 
 @needs_cuda  # else the rerun in the simulator's process compiles them
 def test_kernels_compile_to_ptx():
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    probe = subprocess.run([sys.executable, "-c", PTX_PROBE], env=env, capture_output=True,
-                           text=True, timeout=120)
-    if probe.returncode != 0:
-        pytest.skip("the CUDA compiler (NVVM, libdevice) is not importable: "
-                    "pip install 'numba-cuda[cu13]' to compile kernels to PTX without a GPU; "
-                    + (probe.stderr.strip().splitlines() or ["?"])[-1])
-    code = ("import runpy, sys; ns = runpy.run_path(sys.argv[1]); "
-            "print('compiled', ns['compile_all_ptx']())")
-    run = subprocess.run([sys.executable, "-c", code, __file__], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    assert "compiled" in run.stdout
+    compile_ptx_in_subprocess(__file__, "compile_all_ptx")

@@ -57,7 +57,39 @@ def _render_loop(op: Loop, parallel: bool) -> list[str]:
 
 
 def _render_matmul(op: MatMul, parallel: bool) -> list[str]:
-    return [f"# {op.formula}", f"np.dot({_operand(op.a)}, {_operand(op.b)}, {op.out})"]
+    if op.scale is None:
+        return [f"# {op.formula}", f"np.dot({_operand(op.a)}, {_operand(op.b)}, {op.out})"]
+    (a, ta), (b, tb) = op.a, op.b
+    return [*(f"# {f}" for f in op.formula.splitlines()),
+            f"# (one GEMM adds the scaled product into {op.out}: no gradient buffer, no loop)",
+            f"_gemm_add({a}, {ta}, {b}, {tb}, {op.out}, real({kernel_code(op.scale)}))"]
+
+
+# C += alpha·op(A)·op(B) for row-major arrays, through the BLAS np.dot uses (SciPy's, via
+# Numba's numba_xxgemm, so cache=True still works).  BLAS is column-major, where a
+# row-major matrix reads as its transpose, so it is asked for Cᵀ += alpha·op(B)ᵀ·op(A)ᵀ.
+GEMM_ADD = '''
+import numba.np.linalg as _linalg
+from numba import types as _types
+
+_linalg._BLAS()  # binds numba_xxgemm to SciPy's BLAS, as np.dot does
+_xxgemm = _types.ExternalFunction("numba_xxgemm", _types.intc(
+    _types.char, _types.char, _types.char, _types.intp, _types.intp, _types.intp,
+    _types.voidptr, _types.voidptr, _types.intp, _types.voidptr, _types.intp,
+    _types.voidptr, _types.voidptr, _types.intp))
+_KIND = ord("{kind}")
+
+
+@njit(cache=True)
+def _gemm_add(A, ta, B, tb, C, alpha):
+    k = A.shape[0] if ta else A.shape[1]
+    factors = np.empty(2, C.dtype)
+    factors[0] = alpha
+    factors[1] = 1.0
+    _xxgemm(_KIND, ord("T") if tb else ord("N"), ord("T") if ta else ord("N"),
+            C.shape[1], C.shape[0], k, factors[0:].ctypes.data, B.ctypes.data, B.shape[1],
+            A.ctypes.data, A.shape[1], factors[1:].ctypes.data, C.ctypes.data, C.shape[1])
+'''
 
 
 def _render_rowsum(op: RowSum, parallel: bool) -> list[str]:
@@ -202,6 +234,8 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
     parts = [docstring_literal(header) if header else "", "import math", "", "import numpy as np",
              "from numba import njit, prange", "", f"real = np.{real}", "",
              HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')")]
+    if any(isinstance(op, MatMul) and op.scale is not None for p in programs for op in p.ops):
+        parts.append(GEMM_ADD.format(kind="s" if real == "float32" else "d"))
     for program in programs:
         parts += ["", f"@{jit}", render_function(program, batch, parallel), ""]
     return "\n".join(parts)

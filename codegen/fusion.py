@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from codegen.ir import Loop, MatMul, Reduce, RowOp, RowSum
+from codegen.ir import CheckFinite, Loop, MatMul, Reduce, RowOp, RowSum
 
 
 def reads(op) -> set[str]:
@@ -33,7 +33,18 @@ def reads(op) -> set[str]:
         return found - op.locals
     if isinstance(op, Reduce):
         return {x.base.label.name for x in op.expr.atoms(sp.Indexed)}
+    if isinstance(op, CheckFinite):
+        return {name for name, _ in op.arrays}
     return {getattr(op, "labels", "")}
+
+
+def writes(op) -> set[str]:
+    """Names of the arrays an op writes (a loop's locals are registers, not arrays)."""
+    if isinstance(op, Loop):
+        return {t for t, _ in op.assigns if t not in op.locals}
+    if isinstance(op, (Reduce, CheckFinite)):
+        return set()
+    return {op.out}
 
 
 def fuse_loops(ops: tuple, keep: set[str]) -> tuple:
@@ -53,3 +64,49 @@ def fuse_loops(ops: tuple, keep: set[str]) -> tuple:
             op = Loop(op.space, op.assigns, frozenset(local), op.formulas)
         result.append(op)
     return tuple(result)
+
+
+def _scaled_update(op: Loop) -> tuple[str, str, sp.Expr] | None:
+    """``(P, G, c)`` when ``op`` is the single update ``P = P + c·G`` of a matrix."""
+    if len(op.assigns) != 1 or len(op.space) != 2 or op.locals:
+        return None
+    target, expr = op.assigns[0]
+    stored = {x.base.label.name: x for x in expr.atoms(sp.Indexed)}
+    if target not in stored or len(stored) != 2:
+        return None
+    (gradient,) = set(stored) - {target}
+    rest = sp.expand(expr - stored[target])
+    scale = sp.simplify(rest / stored[gradient])
+    if scale.has(sp.Indexed) or any(s.name in ("i", "j") for s in scale.free_symbols):
+        return None
+    return target, gradient, scale
+
+
+def fuse_gemm_updates(ops: tuple, keep: set[str]) -> tuple:
+    """``G = A·B`` that only the update ``P = P + c·G`` reads becomes one GEMM adding into
+    ``P`` (BLAS's β = 1): no ``G`` buffer, no update loop — SGD's ``W −= lr·dZᵀX``.
+
+    Only when nothing between the product and the update writes ``A`` or ``B``, and ``G``
+    is not kept (a finite check that reads ``G`` keeps the two apart).
+    """
+    result = list(ops)
+    for k, op in enumerate(ops):
+        found = _scaled_update(op) if isinstance(op, Loop) else None
+        if found is None:
+            continue
+        target, gradient, scale = found
+        producers = [n for n, o in enumerate(ops) if gradient in writes(o)]
+        readers = [n for n, o in enumerate(ops) if gradient in reads(o)]
+        if gradient in keep or readers != [k] or len(producers) != 1:
+            continue
+        (n,) = producers
+        product = ops[n]
+        between = set().union(*(writes(o) for o in ops[n + 1:k]))
+        if not isinstance(product, MatMul) or product.scale is not None or \
+                {product.a[0], product.b[0], target} & between:
+            continue
+        formula = "\n".join((product.formula, *op.formulas))
+        result[k] = MatMul(target, product.a, product.b, formula, scale)
+        result[n] = None
+    return tuple(o for o in result if o is not None)
+

@@ -20,12 +20,14 @@ Operand = tuple[str, bool]  # (array name, use its transpose)
 
 @dataclass(frozen=True)
 class MatMul:
-    """``out = a·b`` on stored arrays (BLAS), each operand possibly transposed."""
+    """``out = a·b`` on stored arrays (BLAS), each operand possibly transposed; with a
+    ``scale``, ``out += scale·a·b`` instead (one GEMM with β = 1: SGD's ``W −= lr·dZᵀX``)."""
 
     out: str
     a: Operand
     b: Operand
     formula: str = ""
+    scale: sp.Expr | None = None
 
 
 @dataclass(frozen=True)

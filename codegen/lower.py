@@ -9,8 +9,10 @@ Example:
     >>> W = sp.MatrixSymbol("W1", 3, 2); X = sp.MatrixSymbol("X", 2, N)
     >>> Z = sp.MatrixSymbol("Z1", 3, N)
     >>> program = lower("forward", [sp.Eq(Z, W * X, evaluate=False)], N, leading=("X",))
-    >>> program.ops, program.arguments
-    ((MatMul(out='Z1', a=('X', False), b=('W1', True), formula='Z1 = W1*X'),), ('X', 'W1', 'Z1'))
+    >>> program.ops
+    (MatMul(out='Z1', a=('X', False), b=('W1', True), formula='Z1 = W1*X', scale=None),)
+    >>> program.arguments
+    ('X', 'W1', 'Z1')
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sympy as sp
 
 from codegen import layout
 from codegen.expr import Elementwise, LogSoftmax, LogSoftmaxVJP, Softmax, SoftmaxVJP, Total
-from codegen.fusion import fuse_loops, reads
+from codegen.fusion import fuse_gemm_updates, fuse_loops, reads, writes
 from codegen.ir import Buffer, CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 
 I, J = sp.symbols("i j", integer=True)  # noqa: E741 - loop indices
@@ -180,17 +182,9 @@ def _loss(eq: sp.Eq, ctx: _Context) -> None:
                           _formula(eq)))
 
 
-def _writes(op) -> set[str]:
-    if isinstance(op, Loop):
-        return {t for t, _ in op.assigns if t not in op.locals}
-    if isinstance(op, (Reduce, CheckFinite)):
-        return set()
-    return {op.out}
-
-
 def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[str, ...] = (),
           keep: frozenset[str] = frozenset(), one_hot: dict[str, str] | None = None,
-          guard_at: int | None = None) -> Program:
+          guard_at: int | None = None, gemm_updates: bool = False) -> Program:
     """Lower ``equations`` (in order) to a fused `Program` named ``name``.
 
     Arguments are ``leading`` (the per-call inputs) followed by every other array the
@@ -202,6 +196,9 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
     program returns ``(loss, finite)`` and skips every later equation unless the loss and
     the arrays those equations read from earlier ones (the gradients) are finite.  No
     equation before it may write a ``keep`` array (a parameter or optimizer state).
+
+    ``gemm_updates`` lets a product that only an update ``P = P + c·G`` reads add into ``P``
+    directly (`fuse_gemm_updates`; the CPU renderer supports it, the CUDA one does not).
     """
     ctx = _Context(batch, _column_matrices(equations))
     returns = None
@@ -219,9 +216,11 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
     if guard_at is not None:
         ctx.ops.insert(len(ctx.ops) if split is None else split, _guard(ctx, split, keep, returns))
     ops = fuse_loops(tuple(ctx.ops), set(keep) | set(leading))
+    if gemm_updates:
+        ops = fuse_gemm_updates(ops, set(keep) | set(leading))
     arrays: list[str] = list(leading)
     for op in ops:
-        for n in sorted(reads(op)) + sorted(_writes(op)):
+        for n in sorted(reads(op)) + sorted(writes(op)):
             if n not in arrays and (n in ctx.buffers or n in leading):
                 arrays.append(n)
     index = {I, J, batch}
@@ -235,11 +234,11 @@ def _guard(ctx: _Context, split: int | None, keep: frozenset[str],
            loss: str | None) -> CheckFinite:
     """The finite check between gradients and updates, after checking the order is so."""
     before, after = ctx.ops[:split], ctx.ops[split:] if split is not None else []
-    early = set().union(*(_writes(op) for op in before)) & set(keep)
+    early = set().union(*(writes(op) for op in before)) & set(keep)
     if early:
         raise ValueError(f"check_finite: {sorted(early)} are updated before the finite check; "
                          "the updates must come after the loss and every gradient")
-    written = set().union(*(_writes(op) for op in before))
+    written = set().union(*(writes(op) for op in before))
     needed = sorted(set().union(*(reads(op) for op in after)) & written)
     return CheckFinite(loss, tuple((n, len(ctx.buffers[n].shape)) for n in needed))
 

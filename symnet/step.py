@@ -87,7 +87,7 @@ class TrainStep:
         eqs = d.forward + d.backward + d.updates
         updates_at = len(eqs) - len(d.updates)
         program = lower("train_step", eqs, N, leading, frozenset(d.state_symbols()), one_hot,
-                        updates_at if self.check_finite else None)
+                        updates_at if self.check_finite else None, gemm_updates=True)
         unit = kernels.compile_unit([program], self.dtype, parallel, f"symnet train step: "
                                     f"{self.model!r}, {self.loss!r}, {self.optimizer!r}")
         unit.params, unit.outputs = dict(d.graph.params), int(d.graph.target.shape[0])

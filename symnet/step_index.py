@@ -19,15 +19,18 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import numba
 import sympy as sp
 
+import codegen
 import symnet
 from codegen.cache import cache_dir, entry_name, load_module
 from codegen.ir import Buffer, Program
@@ -37,8 +40,21 @@ from symnet.kernels import Unit
 FORMAT = "1"
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of symnet's and codegen's own source: an entry written by other code (a new
+    release, or a working tree being edited) is never reused, even under one version."""
+    digest = hashlib.sha256()
+    for package in (symnet, codegen):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _path(key: tuple):
-    text = json.dumps([key, FORMAT, symnet.__version__, numba.__version__,
+    text = json.dumps([key, FORMAT, symnet.__version__, code_version(), numba.__version__,
                        sys.version_info[:2]], default=str)
     return cache_dir() / f"step_{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
 

@@ -99,3 +99,18 @@ def test_optimizer_flags_change_the_key(second, tmp_path, monkeypatch):
     kernels._units.clear()  # the next compile must consult the index on disk
     fused, eager = fused_and_eager(second)
     np.testing.assert_allclose(fused, eager, rtol=1e-12)
+
+
+def test_entries_written_by_other_code_are_not_reused(tmp_path, monkeypatch):
+    # The same version string can hide other code (an edited working tree, a patched
+    # install): the index key includes a hash of symnet's and codegen's sources.
+    from symnet import step_index
+
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
+    kernels._units.clear()
+    model = sn.Sequential(sn.Linear(3, 2))
+    unit = sn.compile(model, sn.MSELoss(), sn.optim.SGD(model.parameters(), lr=0.1)).unit
+    step_index.store(("a", "key"), unit)
+    assert step_index.lookup(("a", "key"), np.float32) is not None
+    monkeypatch.setattr(step_index, "code_version", lambda: "other code")
+    assert step_index.lookup(("a", "key"), np.float32) is None

@@ -258,7 +258,8 @@ def _render_loop(op: Loop, r: _Render) -> None:
                     "One thread per entry; locals stay in registers.")
     launch = f"_plane({extents[0]}, {extents[1]})" if two_d else f"_line({extents[0]})"
     r.driver += [f"# {f}" for f in op.formulas]
-    r.driver += [f"{s} = {kernel_code(e)}  # loop invariant, once per step"
+    # In the arrays' dtype: a float64 scalar (1/N) would make the kernel compute in float64.
+    r.driver += [f"{s} = DTYPE({kernel_code(e)})  # loop invariant, once per step"
                  for s, e in plan.invariants]
     r.driver.append(f"{name}[{launch}]({', '.join(params)})")
 
@@ -432,12 +433,12 @@ def signature(kernel: Kernel, program: Program, dtype) -> tuple:
             ndim = 2 if kernel.name.startswith("matmul_") else len(program.buffers[name].shape)
             out.append(types.Array(real, ndim, "C"))
         elif name in scalars and not scalars[name].is_integer:
-            out.append(types.float64)
+            out.append(real)  # the step passes hyperparameters in the model's dtype
         elif name in scalars or any(isinstance(x, sp.Symbol) and x.name == name
                                     for b in program.buffers.values() for x in b.shape):
             out.append(types.int64)
-        else:  # a host invariant (k0, c0)
-            out.append(types.float64)
+        else:  # a host invariant (k0, c0), computed in the arrays' dtype
+            out.append(real)
     return tuple(out)
 
 

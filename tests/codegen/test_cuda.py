@@ -236,7 +236,7 @@ def test_source_names_formulas():
     assert "# L = sum(-Y*log(S))/N" in source
     assert "cuda.atomic.add(total_L, 0, block[0])" in source
     assert "def loop_P(dP, mP, vP, P, beta1, beta2, eps, k0, k1, k2, k3, lr):" in source
-    assert "k2 = 1/(1 - beta1**t)  # loop invariant, once per step" in source
+    assert "k2 = DTYPE(1/(1 - beta1**t))  # loop invariant, once per step" in source
     assert " max(" not in source and "_max(" in source  # the CUDA target lacks builtin max
 
 

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench bench-gpu
 
 setup: $(VENV)/.installed
 
@@ -27,3 +27,8 @@ bench: setup
 	$(PY) benchmarks/derive_speed.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/mpi_scaling.py
+	$(PY) benchmarks/gemm_share.py
+
+# On a machine with an NVIDIA GPU (needs the cuda extra): the fused CUDA step vs PyTorch CUDA.
+bench-gpu: setup
+	$(PY) benchmarks/gpu_step.py --sanity

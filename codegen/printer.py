@@ -39,6 +39,44 @@ def _one_plus_exp(base: sp.Expr):
     return None
 
 
+class _Logistic(sp.Function):
+    """σ(u) = 1/(1 + e⁻ᵘ) inside kernels, printed ``_sigmoid(u)``: one opaque call, so common
+    subexpression elimination cannot split it back into eᵘ and 1/(1 + eᵘ)."""
+
+    nargs = 1
+
+
+def stable(expr: sp.Expr) -> sp.Expr:
+    """``expr`` with its logistic quotients as σ: eᵘ/(1 + eᵘ) → σ(u), eᵘ/(1 + eᵘ)² →
+    σ(u)·σ(−u), (1 + eᵘ)⁻ⁿ → σ(−u)ⁿ.  As written, each is ∞/∞ = NaN once eᵘ overflows
+    (u > 88 in float32: SiLU′, softplus′, Mish′ at large inputs); σ is finite for every u.
+
+    Example:
+        >>> x = sp.Symbol("x")
+        >>> stable(x * sp.exp(-x) / (1 + sp.exp(-x)) ** 2)
+        x*_Logistic(-x)*_Logistic(x)
+    """
+    if not isinstance(expr, sp.Basic) or expr.is_Atom or not expr.args:
+        return expr
+    if isinstance(expr, sp.Mul):
+        factors = list(expr.args)
+        for k, f in enumerate(factors):
+            if not isinstance(f, sp.exp):
+                continue
+            u = f.args[0]
+            for m, g in enumerate(factors):
+                if isinstance(g, sp.Pow) and g.exp in (-1, -2) and _one_plus_exp(g.base) == u:
+                    rest = sp.Mul(*(h for n, h in enumerate(factors) if n not in (k, m)))
+                    logistic = _Logistic(u) * (_Logistic(-u) if g.exp == -2 else 1)
+                    return stable(rest) * logistic
+    if isinstance(expr, sp.Pow) and expr.exp.is_Integer and expr.exp < 0:
+        u = _one_plus_exp(expr.base)
+        if u is not None:
+            return _Logistic(-u) ** (-expr.exp)
+    args = tuple(stable(a) for a in expr.args)
+    return expr if args == expr.args else expr.func(*args)
+
+
 class KernelPrinter(PythonCodePrinter):
     """sympy → kernel source; arrays are ``sympy.Indexed``, printed ``name[i, j]``."""
 
@@ -47,6 +85,9 @@ class KernelPrinter(PythonCodePrinter):
 
     def _print_Indexed(self, expr):
         return f"{expr.base.label}[{', '.join(self._print(i) for i in expr.indices)}]"
+
+    def _print__Logistic(self, expr):
+        return f"_sigmoid({self._print(expr.args[0])})"
 
     def _print_Heaviside(self, expr):
         return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
@@ -86,4 +127,4 @@ _PRINTER = KernelPrinter()
 
 def kernel_code(expr: sp.Expr) -> str:
     """Python source for a scalar expression inside a kernel."""
-    return _PRINTER.doprint(expr)
+    return _PRINTER.doprint(stable(expr))

@@ -26,6 +26,7 @@ import sympy as sp
 
 from codegen.ir import Loop
 from codegen.lower import I, J
+from codegen.printer import stable
 
 
 def hoisted(exprs: list[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
@@ -44,7 +45,7 @@ def hoisted(exprs: list[sp.Expr]) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list
             return e
         return e.func(*(hoist(a) for a in e.args))
 
-    exprs = [hoist(e) for e in exprs]
+    exprs = [hoist(stable(e)) for e in exprs]  # σ stays whole through the CSE below
     symbols = sp.numbered_symbols("c")
     replacements, reduced = sp.cse(exprs, symbols=symbols, optimizations="basic")
     return [(s, e) for e, s in invariants.items()] + replacements, reduced

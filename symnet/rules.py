@@ -16,12 +16,16 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import random
 from functools import singledispatch
 
+import mpmath
+import numpy as np
 import sympy as sp
 
 from codegen.expr import Elementwise, LogSoftmax, LogSoftmaxVJP, Softmax, SoftmaxVJP, Total
+from codegen.printer import HELPERS, kernel_code
 
 
 @singledispatch
@@ -147,9 +151,57 @@ def _textbook(poly: sp.Expr) -> sp.Expr:
     return expanded
 
 
-def simplest(expr: sp.Expr) -> sp.Expr:
-    """The shortest of a few SymPy normal forms of ``expr``."""
+#: where a derivative's printed form must stay finite when its true value is: the tails in
+#: float32 (eˣ overflows past 88) and float64 (past 709), and ordinary values
+PROBES = {np.float32: (-100.0, -30.0, 0.7, 30.0, 100.0), np.float64: (-800.0, 800.0)}
+
+
+def _as_kernel(expr: sp.Expr, x: sp.Symbol):
+    """``expr`` as the kernel computes it: its printed source, run on NumPy scalars (which
+    overflow to ∞ like the kernel's ``math.exp``, where Python's ``math`` would raise)."""
+    probe = sp.Symbol("x_probe", real=True)
+    namespace = {"math": _NumpyMath()}
+    exec(HELPERS.format(jit="(lambda f: f)"), namespace)  # the kernels' own helpers
+    return eval(f"lambda x_probe: {kernel_code(expr.xreplace({x: probe}))}", namespace)
+
+
+class _NumpyMath:
+    """``math.*`` names resolved to NumPy's (dtype-preserving), else to ``math``'s."""
+
+    def __getattr__(self, name: str):
+        return getattr(np, name, None) or getattr(math, name)
+
+
+def stays_finite(form: sp.Expr, reference: sp.Expr, x: sp.Symbol) -> bool:
+    """Whether the kernel's ``form`` is finite at every probe where ``reference`` is."""
+    try:
+        run = _as_kernel(form, x)
+    except Exception:  # noqa: BLE001 - a form that doesn't print or run is not stable
+        return False
+    exact = sp.lambdify(x, reference, "mpmath")  # 30 digits: no overflow, no cancellation
+    for dtype, points in PROBES.items():
+        for point in points:
+            with mpmath.workdps(30):
+                true = complex(exact(mpmath.mpf(point)))
+            if true.imag or not abs(true.real) < float(np.finfo(dtype).max):
+                continue
+            with np.errstate(all="ignore"):
+                try:
+                    value = run(dtype(point))
+                except (ArithmeticError, ValueError):
+                    return False
+            if not np.isfinite(value):
+                return False
+    return True
+
+
+def simplest(expr: sp.Expr, x: sp.Symbol | None = None) -> sp.Expr:
+    """The shortest of a few SymPy normal forms of ``expr`` — with ``x``, the shortest of
+    those the kernel computes without overflow (SiLU′'s shortest form divides by cosh²(x/2),
+    ∞/∞ for large x; its raw form prints through stable sigmoids)."""
     forms = [expr, sp.simplify(expr), sp.factor(sp.cancel(expr))]
+    if x is not None:
+        forms = [f for f in forms if stays_finite(f, expr, x)] or forms
     return min(forms, key=lambda e: (sp.count_ops(e), len(str(e))))
 
 
@@ -162,7 +214,7 @@ def derivative(f: sp.Expr, x: sp.Symbol) -> tuple[sp.Expr, bool]:
     fprime = sp.diff(f, x)
     if isinstance(fprime, sp.Heaviside):
         return fprime, False  # the textbook step, printed as (Z > 0)
-    return simplest(fprime), False
+    return simplest(fprime, x), False
 
 
 @_rule.register

@@ -11,8 +11,9 @@ import argparse
 import sys
 
 from symnet.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
+from symnet.optim import BY_NAME
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = tuple(BY_NAME)
 
 #: examples per command, shown by ``symnet COMMAND --help``; the first of each by ``--help``
 EXAMPLES = {
@@ -131,7 +132,7 @@ def _derivation(args):
     model = arch.model()
     optimizer = None
     if getattr(args, "optimizer", None):
-        cls = {"sgd": sn.optim.SGD, "adam": sn.optim.Adam, "adamw": sn.optim.AdamW}
+        cls = sn.optim.BY_NAME
         optimizer = cls[args.optimizer](model.parameters(), lr=0.01 if
                                         args.optimizer == "sgd" else 1e-3)
     return sn.derive(model, arch.loss_function(args.reduction), optimizer)

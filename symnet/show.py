@@ -24,7 +24,7 @@ from symnet.architecture import Architecture
 from symnet.graph import N
 
 #: optimizer name → class; the learning rate is a runtime scalar, absent from the source
-OPTIMIZERS = {"sgd": sn.optim.SGD, "adam": sn.optim.Adam, "adamw": sn.optim.AdamW}
+OPTIMIZERS = sn.optim.BY_NAME
 
 
 def _cpu(model, loss, optimizer) -> str:

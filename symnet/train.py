@@ -27,7 +27,7 @@ from symnet.architecture import Architecture
 from symnet.checkpoint import Progress, restore, save_checkpoint
 from symnet.data import Dataset, batches, load_csv, load_dataset, train_test_split
 
-OPTIMIZERS = {"sgd": sn.optim.SGD, "adam": sn.optim.Adam, "adamw": sn.optim.AdamW}
+OPTIMIZERS = sn.optim.BY_NAME
 
 
 @dataclass

@@ -10,4 +10,7 @@ Example:
 
 from symnet.optim.optimizer import SGD, Adam, AdamW, Optimizer
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+#: the optimizers by the names the command line uses
+BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "BY_NAME"]

@@ -62,6 +62,9 @@ if ARGS is not None and ARGS.simulate:  # before anything imports Numba
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mlp import symnet_mlp, symnet_optimizer, torch_mlp  # noqa: E402
+
 MODELS = {"small": (784, 128, 10), "big": (784, 512, 512, 10)}
 BATCHES = (256, 4096)
 SIMULATED_MODELS = {"small": (8, 4, 3), "big": (8, 4, 4, 3)}
@@ -132,23 +135,6 @@ def torch_device(simulated: bool):
 # ------------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------------
-def symnet_model(sizes):
-    import symnet as sn
-
-    sn.manual_seed(0)
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [sn.Linear(a, b), sn.ReLU()]
-    return sn.Sequential(*layers[:-1])
-
-
-def symnet_optimizer(optimizer: str, params):
-    import symnet as sn
-
-    return (sn.optim.SGD(params, lr=0.01) if optimizer == "SGD"
-            else sn.optim.Adam(params, lr=1e-3))
-
-
 def batch_of(sizes, batch: int):
     rng = np.random.default_rng(batch)
     X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
@@ -174,19 +160,7 @@ def torch_block(torch, device, sizes, optimizer: str, sn_model, X, y):
     """``run(k)`` for PyTorch eager from symnet's initial weights, and its first-step loss."""
     import torch.nn.functional as F
 
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
-    sn_linear = [m for m in sn_model.layers() if type(m).__name__ == "Linear"]
-    th_linear = [m for m in model if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        for s, t in zip(sn_linear, th_linear):
-            t.weight.copy_(torch.from_numpy(s.weight.data))
-            t.bias.copy_(torch.from_numpy(s.bias.data))
-    model.to(device)
-    opt = (torch.optim.SGD(model.parameters(), lr=0.01) if optimizer == "SGD"
-           else torch.optim.Adam(model.parameters(), lr=1e-3))
+    model, opt = torch_mlp(torch, sizes, sn_model, optimizer, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step():
@@ -253,7 +227,7 @@ def sanity(models: dict, batch: int) -> list[dict]:
 
     results = []
     for sizes in models.values():
-        gpu_model, cpu_model = symnet_model(sizes), symnet_model(sizes)
+        gpu_model, cpu_model = symnet_mlp(sizes), symnet_mlp(sizes)
         cpu_model.load_state_dict(gpu_model.state_dict())
         gpu_model.to("cuda")
         X, y = batch_of(sizes, batch)
@@ -347,7 +321,7 @@ def main() -> int:
             for batch in batches:
                 X, y = batch_of(sizes, batch)
                 t0 = time.perf_counter()
-                model = symnet_model(sizes)
+                model = symnet_mlp(sizes)
                 first = {}
                 runs = {}
                 if device is not None:

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 _DROPPED_ENV = {k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                 if k in os.environ}
@@ -63,6 +64,10 @@ if ARGS is not None and ARGS.threads is not None:  # before NumPy / Numba / torc
 
 import numpy as np  # noqa: E402
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from mlp import symnet_mlp, symnet_optimizer, torch_mlp  # noqa: E402
+
 # ------------------------------------------------------------------------------------------
 # the cold-compile / cache-load child: kept as source so it runs in a fresh interpreter
 # ------------------------------------------------------------------------------------------
@@ -73,13 +78,10 @@ import numpy as np
 import symnet as sn
 t1 = time.perf_counter()
 sizes, optimizer, batch = json.loads(sys.argv[1])
-sn.manual_seed(0)
-layers = []
-for a, b in zip(sizes[:-1], sizes[1:]):
-    layers += [sn.Linear(a, b), sn.ReLU()]
-model = sn.Sequential(*layers[:-1])
-opt = (sn.optim.SGD(model.parameters(), lr=0.01) if optimizer == "SGD"
-       else sn.optim.Adam(model.parameters(), lr=1e-3))
+sys.path.insert(0, sys.argv[2])
+from mlp import symnet_mlp, symnet_optimizer
+model = symnet_mlp(sizes)
+opt = symnet_optimizer(optimizer, model.parameters())
 rng = np.random.default_rng(0)
 X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
 y = rng.integers(0, sizes[-1], batch)
@@ -158,13 +160,8 @@ def load_average() -> list[float] | None:
 def symnet_step(sizes, optimizer, parallel):
     import symnet as sn
 
-    sn.manual_seed(0)
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [sn.Linear(a, b), sn.ReLU()]
-    model = sn.Sequential(*layers[:-1])
-    opt = (sn.optim.SGD(model.parameters(), lr=0.01) if optimizer == "SGD"
-           else sn.optim.Adam(model.parameters(), lr=1e-3))
+    model = symnet_mlp(sizes)
+    opt = symnet_optimizer(optimizer, model.parameters())
     return model, sn.compile(model, sn.CrossEntropyLoss(), opt, parallel=parallel)
 
 
@@ -173,18 +170,7 @@ def torch_step(sizes, optimizer, sn_model, X, y):
     import torch
     import torch.nn.functional as F
 
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
-    sn_linear = [m for m in sn_model.layers() if type(m).__name__ == "Linear"]
-    th_linear = [m for m in model if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        for s, t in zip(sn_linear, th_linear):
-            t.weight.copy_(torch.from_numpy(s.weight.data))
-            t.bias.copy_(torch.from_numpy(s.bias.data))
-    opt = (torch.optim.SGD(model.parameters(), lr=0.01) if optimizer == "SGD"
-           else torch.optim.Adam(model.parameters(), lr=1e-3))
+    model, opt = torch_mlp(torch, sizes, sn_model, optimizer)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
 
     def step():
@@ -264,7 +250,7 @@ def compile_times(sizes, optimizer: str, batch: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="symnet-bench-cache-") as cache:
         env = dict(os.environ, SYMNET_CACHE_DIR=cache)
         for phase in ("cold", "cached"):
-            proc = subprocess.run([sys.executable, "-c", _CHILD, arg], env=env,
+            proc = subprocess.run([sys.executable, "-c", _CHILD, arg, str(HERE)], env=env,
                                   capture_output=True, text=True, timeout=300)
             if proc.returncode != 0:
                 raise RuntimeError(f"compile-time child failed:\n{proc.stderr}")

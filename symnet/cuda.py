@@ -45,7 +45,6 @@ import symnet
 from codegen import cuda as render
 from codegen.cache import load_module
 from codegen.ir import Program
-from codegen.lower import lower
 from symnet import kernels
 from symnet.backprop import derive
 from symnet.checks import check_inputs, check_targets
@@ -353,17 +352,11 @@ class CudaTrainStep:
         self.dtype = model.dtype
         self.check_finite = bool(check_finite)
         self.derivation = derive(model, loss, optimizer)
-        leading, one_hot = kernels.target_arguments(loss)
         tile = default_tile() if tile is None else tile
         key = ("cuda-step", kernels.structure_key(model, loss, self.dtype), tile,
-               type(optimizer).__name__, tuple(str(eq) for eq in self.derivation.updates),
-               self.check_finite)
+               kernels.update_signature(optimizer), self.check_finite)
         if key not in _units:
-            d = self.derivation
-            eqs = d.forward + d.backward + d.updates
-            guard_at = len(eqs) - len(d.updates) if self.check_finite else None
-            program = lower("train_step", eqs, N, leading, frozenset(d.state_symbols()),
-                            one_hot, guard_at)
+            program = kernels.step_program(self.derivation, loss, self.check_finite)
             _compile(key, program, self.dtype, tile,
                      f"symnet CUDA train step: {model!r}, {loss!r}, {optimizer!r}")
         unit = _units[key]

@@ -83,6 +83,21 @@ def target_arguments(loss: Loss) -> tuple[tuple[str, ...], dict[str, str]]:
     return (INPUT, TARGET), {}
 
 
+def step_program(derivation, loss: Loss, check_finite: bool = False,
+                 gemm_updates: bool = False) -> Program:
+    """A derivation's fused train step as one program: forward, loss, backward, updates.
+
+    ``check_finite`` puts the finite check between the last gradient and the first update;
+    ``gemm_updates`` lets SGD add its product straight into the weight (CPU renderer only).
+    """
+    d = derivation
+    leading, one_hot = target_arguments(loss)
+    eqs = d.forward + d.backward + d.updates
+    guard_at = len(eqs) - len(d.updates) if check_finite else None
+    return lower("train_step", eqs, N, leading, frozenset(d.state_symbols()), one_hot,
+                 guard_at, gemm_updates=gemm_updates)
+
+
 def compile_unit(programs: list[Program], dtype, parallel: bool, title: str) -> Unit:
     source = render_module(programs, N, parallel, header=title, real=np.dtype(dtype).name)
     options = {"dtype": np.dtype(dtype).name, "parallel": parallel,

@@ -18,7 +18,6 @@ import numpy as np
 
 import symnet as sn
 from codegen import cuda as cuda_render
-from codegen.lower import lower
 from symnet import kernels
 from symnet.architecture import Architecture
 from symnet.graph import N
@@ -34,10 +33,7 @@ def _cpu(model, loss, optimizer) -> str:
 def _cuda(model, loss, optimizer) -> str:
     # The same derivation, lowering and header as symnet.cuda.CudaTrainStep, minus the
     # import of the rendered module (which needs numba.cuda and a GPU or the simulator).
-    d = sn.derive(model, loss, optimizer)
-    leading, one_hot = kernels.target_arguments(loss)
-    program = lower("train_step", d.forward + d.backward + d.updates, N, leading,
-                    frozenset(d.state_symbols()), one_hot)
+    program = kernels.step_program(sn.derive(model, loss, optimizer), loss)
     return cuda_render.render_module(
         [program], N, model.dtype, cuda_render.TILE,
         header=f"symnet CUDA train step: {model!r}, {loss!r}, {optimizer!r}")

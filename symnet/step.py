@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from codegen.lower import lower
 from symnet import kernels, step_index
 from symnet.backprop import derive
 from symnet.checks import _first_linear, check_inputs, check_targets
-from symnet.graph import N
 from symnet.losses import Loss
 from symnet.module import Module, check_device
 from symnet.optim import Optimizer
@@ -83,11 +81,7 @@ class TrainStep:
 
     def _compile(self, parallel: bool) -> kernels.Unit:
         d = self.derivation
-        leading, one_hot = kernels.target_arguments(self.loss)
-        eqs = d.forward + d.backward + d.updates
-        updates_at = len(eqs) - len(d.updates)
-        program = lower("train_step", eqs, N, leading, frozenset(d.state_symbols()), one_hot,
-                        updates_at if self.check_finite else None, gemm_updates=True)
+        program = kernels.step_program(d, self.loss, self.check_finite, gemm_updates=True)
         unit = kernels.compile_unit([program], self.dtype, parallel, f"symnet train step: "
                                     f"{self.model!r}, {self.loss!r}, {self.optimizer!r}")
         unit.params, unit.outputs = dict(d.graph.params), int(d.graph.target.shape[0])

@@ -39,6 +39,28 @@ def pretend_sm90() -> None:
             lambda: types.SimpleNamespace(compute_capability=(9, 0))
 
 
+def compile_to_ptx(program, batch, dtype, header: str) -> int:
+    """Render ``program``, compile each of its kernels for sm_90 with the real NVVM (no
+    simulator), check the PTX's target; returns how many kernels compiled."""
+    import numpy as np
+    from numba import cuda
+
+    from codegen import cuda as render
+    from codegen.cache import load_module
+
+    pretend_sm90()
+    source = render.render_module([program], batch, dtype, header=header)
+    module = load_module(source, {"device": "cuda", "dtype": np.dtype(dtype).name,
+                                  "tile": render.TILE, "test": True})
+    count = 0
+    for kernel in render.kernels(program, batch):
+        ptx, _ = cuda.compile_ptx(getattr(module, kernel.name).py_func,
+                                  render.signature(kernel, program, dtype), cc=(9, 0))
+        assert ".target sm_90" in ptx, kernel.name
+        count += 1
+    return count
+
+
 def compile_ptx_in_subprocess(test_file: str, function: str) -> str:
     """Call ``function`` of ``test_file`` in a process without the simulator (it compiles
     kernels with the real NVVM and returns a count); skip where NVVM is missing."""

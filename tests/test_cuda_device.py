@@ -26,7 +26,7 @@ if "numba.cuda" not in sys.modules:  # Numba came first (another test module), n
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from cuda_support import compile_ptx_in_subprocess, pretend_sm90, rerun_in_simulator  # noqa: E402
+from cuda_support import compile_ptx_in_subprocess, compile_to_ptx, rerun_in_simulator  # noqa: E402
 from numba import config  # noqa: E402
 from numba import cuda as numba_cuda  # noqa: E402
 
@@ -374,29 +374,16 @@ def test_without_a_gpu_to_cuda_says_so():
 
 def compile_forward_ptx() -> int:
     """Compile every kernel of two forward programs for sm_90 (run without the simulator)."""
-
-    from numba import cuda
-
-    from codegen import cuda as render
-    from codegen.cache import load_module
     from symnet import kernels
     from symnet.graph import N
 
-    pretend_sm90()  # device functions ask the GPU for its compute capability
     count = 0
     for dtype in (np.float32, np.float64):
         model = sn.Sequential(sn.Linear(4, 3), sn.LeakyReLU(0.1), sn.Linear(3, 3), sn.GELU(),
                               sn.Linear(3, 3), sn.Sigmoid(), sn.Linear(3, 2),
                               sn.LogSoftmax()).to(dtype)
         _, program = kernels.forward_program(model)
-        source = render.render_module([program], N, dtype, header="forward PTX test")
-        module = load_module(source, {"device": "cuda", "dtype": np.dtype(dtype).name,
-                                      "test": True})
-        for kernel in render.kernels(program, N):
-            ptx, _ = cuda.compile_ptx(getattr(module, kernel.name).py_func,
-                                      render.signature(kernel, program, dtype), cc=(9, 0))
-            assert ".target sm_90" in ptx, kernel.name
-            count += 1
+        count += compile_to_ptx(program, N, dtype, "forward PTX test")
     return count
 
 

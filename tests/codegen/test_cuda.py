@@ -22,7 +22,7 @@ if "numba.cuda" not in sys.modules:  # Numba came first (another test module), n
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import sympy as sp  # noqa: E402
-from cuda_support import compile_ptx_in_subprocess, pretend_sm90, rerun_in_simulator  # noqa: E402
+from cuda_support import compile_ptx_in_subprocess, compile_to_ptx, rerun_in_simulator  # noqa: E402
 from numba import config  # noqa: E402
 from numba import cuda as numba_cuda  # noqa: E402
 
@@ -325,19 +325,8 @@ def _ptx_programs():
 
 def compile_all_ptx() -> int:
     """Compile every generated kernel for sm_90 (run without the simulator); returns a count."""
-
-    from numba import cuda
-
-    pretend_sm90()  # device functions ask the GPU for its compute capability
-    count = 0
-    for program, dtype in _ptx_programs():
-        module = _gpu_module([program], dtype)
-        for kernel in render.kernels(program, N):
-            ptx, _ = cuda.compile_ptx(getattr(module, kernel.name).py_func,
-                                      render.signature(kernel, program, dtype), cc=(9, 0))
-            assert ".target sm_90" in ptx, kernel.name
-            count += 1
-    return count
+    return sum(compile_to_ptx(program, N, dtype, "codegen.cuda test")
+               for program, dtype in _ptx_programs())
 
 
 @needs_cuda  # else the rerun in the simulator's process compiles them

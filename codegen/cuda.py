@@ -48,6 +48,16 @@ TILE = 16  # matmul tile edge: 16×16 = 256 threads per block
 #: Builtins Numba's CUDA target cannot compile (``max``/``min`` are ``*args`` overloads
 #: there: "Signature mismatch" in ``compile_ptx``), as two-operand device functions.
 DEVICE_BUILTINS = {"max": "_max", "min": "_min"}
+# numba-cuda 0.30.4 (in maintenance, unfixed: NVIDIA/numba-cuda#907) registers an overload of
+# np.row_stack when it compiles its first kernel; NumPy 2.5 removed that alias of np.vstack, so
+# every launch raised AttributeError.  The rendered module puts the alias back where missing.
+NUMPY_COMPAT = '''
+import numpy
+
+if not hasattr(numpy, "row_stack"):  # NumPy >= 2.5 with numba-cuda <= 0.30.4
+    numpy.row_stack = numpy.vstack
+'''
+
 BUILTIN_HELPERS = '''
 @cuda.jit(device=True)
 def _max(a, b):
@@ -447,7 +457,7 @@ def render_module(programs: list[Program], batch: sp.Symbol, dtype, tile: int = 
     """A whole module: imports, launch helpers, device helpers, kernels, host drivers."""
     dtype_name = np.dtype(dtype).name
     parts = [docstring_literal(header) if header else "", "import math", "", "import numba",
-             "from numba import cuda", "",
+             "from numba import cuda", NUMPY_COMPAT,
              f"DTYPE = numba.{dtype_name}  # the arrays' dtype (shared-memory tiles)",
              "ACCUMULATOR = numba.float64  # reductions add in float64, as on the CPU",
              f"TILE = {tile}", "PADDED = TILE + 1  # a global, so the tile's shape is a constant",

@@ -84,8 +84,8 @@ def _inputs(program, batch, dtype, rng) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _run_gpu(program, arrays, dtype, tile=render.TILE):
-    driver = getattr(_gpu_module([program], dtype, tile), program.name)
+def _run_gpu(program, arrays, dtype, tile=render.TILE, module=None):
+    driver = getattr(module or _gpu_module([program], dtype, tile), program.name)
     device = {n: numba_cuda.to_device(a) for n, a in arrays.items()}
     totals = [numba_cuda.device_array(1, np.float64) for _ in render.accumulators(program)]
     value = driver(*(device[n] for n in program.arguments),
@@ -291,6 +291,22 @@ def test_check_finite_off_renders_no_check():
     assert "nonfinite" not in source and "check_finite" not in source
     assert render.accumulators(plain) == ("total_L",)
     assert render.accumulators(_check_program()) == ("total_L", "nonfinite")
+
+
+@needs_cuda
+def test_rendered_module_restores_numpy_row_stack(monkeypatch, assert_close):
+    """numba-cuda 0.30.4 overloads np.row_stack at its first compile; NumPy 2.5 removed the
+    alias, and every launch raised AttributeError (seen on an H200 with NumPy 2.5.2).  Here
+    NumPy lacks it, a fresh rendered module is loaded, and its kernels run."""
+    monkeypatch.delattr(np, "row_stack", raising=False)
+    program = _program("cross_entropy")
+    source = render.render_module([program], N, np.float64, header="NumPy 2.5 compat test")
+    module = load_module(source, {"device": "cuda", "dtype": "float64", "test": "row_stack"})
+    assert np.row_stack is np.vstack
+    arrays = _inputs(program, 6, np.float64, np.random.default_rng(0))
+    gpu_value, _ = _run_gpu(program, arrays, np.float64, module=module)
+    cpu_value, _ = _run_cpu(program, arrays)
+    assert_close(gpu_value, cpu_value, 1e-12, "cross_entropy loss")
 
 
 # --- the real compiler -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ import keyword
 
 import sympy as sp
 
+from codegen.blas import choice
 from codegen.ir import CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 from codegen.printer import HELPERS, kernel_code
 from codegen.schedule import plan_loop
@@ -56,13 +57,18 @@ def _render_loop(op: Loop, parallel: bool) -> list[str]:
     return lines
 
 
-def _render_matmul(op: MatMul, parallel: bool) -> list[str]:
-    if op.scale is None:
-        return [f"# {op.formula}", f"np.dot({_operand(op.a)}, {_operand(op.b)}, {op.out})"]
+def _render_matmul(op: MatMul, parallel: bool, cblas: bool = False) -> list[str]:
     (a, ta), (b, tb) = op.a, op.b
-    return [*(f"# {f}" for f in op.formula.splitlines()),
-            f"# (one GEMM adds the scaled product into {op.out}: no gradient buffer, no loop)",
-            f"_gemm_add({a}, {ta}, {b}, {tb}, {op.out}, real({kernel_code(op.scale)}))"]
+    formula = [f"# {f}" for f in op.formula.splitlines()]
+    if op.scale is not None:
+        formula.append(f"# (one GEMM adds the scaled product into {op.out}: no gradient "
+                       "buffer, no loop)")
+    if cblas:
+        alpha, beta = ("1", "0") if op.scale is None else (kernel_code(op.scale), "1")
+        return [*formula, f"_gemm({a}, {ta}, {b}, {tb}, {op.out}, real({alpha}), real({beta}))"]
+    if op.scale is None:
+        return [*formula, f"np.dot({_operand(op.a)}, {_operand(op.b)}, {op.out})"]
+    return [*formula, f"_gemm_add({a}, {ta}, {b}, {tb}, {op.out}, real({kernel_code(op.scale)}))"]
 
 
 # C += alpha·op(A)·op(B) for row-major arrays, through the BLAS np.dot uses (SciPy's, via
@@ -89,6 +95,25 @@ def _gemm_add(A, ta, B, tb, C, alpha):
     _xxgemm(_KIND, ord("T") if tb else ord("N"), ord("T") if ta else ord("N"),
             C.shape[1], C.shape[0], k, factors[0:].ctypes.data, B.ctypes.data, B.shape[1],
             A.ctypes.data, A.shape[1], factors[1:].ctypes.data, C.ctypes.data, C.shape[1])
+'''
+
+
+# C = alpha·op(A)·op(B) + beta·C through NumPy's bundled OpenBLAS (codegen/blas.py), called by
+# symbol name through CBLAS's row-major interface; every array here is C-contiguous.
+CBLAS_GEMM = '''
+from codegen.blas import load_gemm as _load_gemm
+
+_cblas_gemm = _load_gemm("{kind}")  # NumPy's bundled OpenBLAS (codegen/blas.py)
+_SIZE = real(0).itemsize
+
+
+@njit(cache=True)
+def _gemm(A, ta, B, tb, C, alpha, beta):
+    if A.itemsize != _SIZE or B.itemsize != _SIZE or C.itemsize != _SIZE:
+        raise TypeError("_gemm: the arrays' dtype differs from the module's")
+    _cblas_gemm(101, 112 if ta else 111, 112 if tb else 111, C.shape[0], C.shape[1],
+                A.shape[0] if ta else A.shape[1], alpha, A.ctypes.data, max(1, A.shape[1]),
+                B.ctypes.data, max(1, B.shape[1]), beta, C.ctypes.data, max(1, C.shape[1]))
 '''
 
 
@@ -205,8 +230,10 @@ def docstring_literal(text: str) -> str:
                            for c in text) + '"""'
 
 
-def render_function(program: Program, batch: sp.Symbol, parallel: bool = False) -> str:
-    """The ``def`` of one program (without decorator)."""
+def render_function(program: Program, batch: sp.Symbol, parallel: bool = False,
+                    cblas: bool = False) -> str:
+    """The ``def`` of one program (without decorator); ``cblas``: products call ``_gemm``
+    (NumPy's bundled OpenBLAS, `CBLAS_GEMM`) instead of ``np.dot``."""
     _identifiers(program)
     params = ", ".join((*program.arguments, *program.scalars))
     body: list[str] = []
@@ -217,7 +244,9 @@ def render_function(program: Program, batch: sp.Symbol, parallel: bool = False) 
                 body.append(f"{extent} = {name}.shape[{axis}]")
                 bound.add(extent)
     for op in program.ops:
-        body += [_safe_line(line) for line in RENDERERS[type(op)](op, parallel)]
+        lines = _render_matmul(op, parallel, cblas) if isinstance(op, MatMul) else \
+            RENDERERS[type(op)](op, parallel)
+        body += [_safe_line(line) for line in lines]
     result = program.returns or "0.0"
     guarded = any(isinstance(op, CheckFinite) for op in program.ops)
     body.append(f"return {result}, True" if guarded else f"return {result}")
@@ -225,17 +254,25 @@ def render_function(program: Program, batch: sp.Symbol, parallel: bool = False) 
 
 
 def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = False,
-                  header: str = "", real: str = "float64") -> str:
+                  header: str = "", real: str = "float64", blas: str | None = None) -> str:
     """A whole module: imports, stable helpers, one ``@njit(cache=True)`` per program.
 
     ``real`` names the NumPy type of the arrays; loop invariants are computed in it.
+    ``blas`` picks the products' library (`codegen.blas.choice`, the default):
+    ``"numpy-openblas64"`` calls NumPy's bundled OpenBLAS, ``"scipy"`` uses ``np.dot``.
     """
+    blas = blas or choice()
+    cblas = blas == "numpy-openblas64"
+    kind = "s" if real == "float32" else "d"
     jit = f"njit(cache=True, parallel={parallel}, error_model='numpy')"
     parts = [docstring_literal(header) if header else "", "import math", "", "import numpy as np",
              "from numba import njit, prange", "", f"real = np.{real}", "",
              HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')")]
-    if any(isinstance(op, MatMul) and op.scale is not None for p in programs for op in p.ops):
-        parts.append(GEMM_ADD.format(kind="s" if real == "float32" else "d"))
+    products = [op for p in programs for op in p.ops if isinstance(op, MatMul)]
+    if cblas and products:
+        parts.append(CBLAS_GEMM.format(kind=kind))
+    elif any(op.scale is not None for op in products):
+        parts.append(GEMM_ADD.format(kind=kind))
     for program in programs:
-        parts += ["", f"@{jit}", render_function(program, batch, parallel), ""]
+        parts += ["", f"@{jit}", render_function(program, batch, parallel, cblas), ""]
     return "\n".join(parts)

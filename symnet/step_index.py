@@ -32,6 +32,7 @@ import sympy as sp
 
 import codegen
 import symnet
+from codegen import blas
 from codegen.cache import cache_dir, entry_name, load_module
 from codegen.ir import Buffer, Program
 from symnet.graph import N
@@ -55,7 +56,7 @@ def code_version() -> str:
 
 def _path(key: tuple):
     text = json.dumps([key, FORMAT, symnet.__version__, code_version(), numba.__version__,
-                       sys.version_info[:2]], default=str)
+                       sys.version_info[:2], blas.choice()], default=str)
     return cache_dir() / f"step_{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
 
 

@@ -33,7 +33,7 @@ ADAM_W1 = ["mW1 = beta1*mW1 + dW1*(1 - beta1)", "vW1 = beta2*vW1 + dW1**2*(1 - b
            "W1 = W1 - lr*mhatW1/(eps + sqrt(vhatW1))"]
 #: the statement that starts an op's work: a product, a top-level loop, a kernel launch
 #: (``_clear``, which zeroes the accumulator of the reduction launched next, is not one)
-WORK = {"cpu": re.compile(r"^(np\.dot\(|for )"),
+WORK = {"cpu": re.compile(r"^(np\.dot\(|_gemm\(|_gemm_add\(|for )"),
         "cuda": re.compile(r"^\w+\[_(line|plane|tiles)\(")}
 
 

@@ -64,8 +64,8 @@ def _gpu_module(programs, dtype, tile=render.TILE):
                                 "tile": tile, "test": True})
 
 
-def _cpu_function(program):
-    source = cpu.render_module([program], N, header="codegen.cpu reference")
+def _cpu_function(program, real):
+    source = cpu.render_module([program], N, header="codegen.cpu reference", real=real)
     return getattr(load_module(source, {"device": "cpu", "test": True}), program.name).py_func
 
 
@@ -95,7 +95,8 @@ def _run_gpu(program, arrays, dtype, tile=render.TILE, module=None):
 
 def _run_cpu(program, arrays):
     copies = {n: a.copy() for n, a in arrays.items()}
-    value = _cpu_function(program)(*(copies[n] for n in program.arguments),
+    real = next(a.dtype.name for a in arrays.values() if a.dtype.kind == "f")
+    value = _cpu_function(program, real)(*(copies[n] for n in program.arguments),
                                    *(SCALARS[s] for s in program.scalars))
     return value, copies
 

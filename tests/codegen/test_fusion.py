@@ -1,5 +1,6 @@
-"""codegen.fusion.fuse_gemm_updates and the CPU's ``_gemm_add``: a product read only by an
-update ``P = P + c·G`` becomes one GEMM adding into P; compared with NumPy's matmul."""
+"""codegen.fusion.fuse_gemm_updates and the CPU's products: a product read only by an update
+``P = P + c·G`` becomes one GEMM adding into P; both BLAS paths (`codegen.blas`) compared with
+NumPy's matmul in float64."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
+from codegen import blas
 from codegen.cache import load_module
 from codegen.cpu import render_module
 from codegen.fusion import fuse_gemm_updates
@@ -48,23 +50,66 @@ def test_no_fusion_where_it_would_change_the_result(ops, keep):
     assert fuse_gemm_updates(ops, keep) == ops
 
 
+BLAS = [pytest.param("scipy", id="scipy"), pytest.param(
+    "numpy-openblas64", id="numpy-openblas64", marks=pytest.mark.skipif(
+        blas.numpy_openblas() is None, reason="this NumPy bundles no scipy-openblas64"))]
+
+
+def _gemm_module(ta, tb, a_shape, b_shape, rows, cols, name, backend, scaled=True):
+    scale = sp.Symbol("k") if scaled else None
+    program = Program("step", (MatMul("C", ("A", ta), ("B", tb), "C += k*A*B", scale),),
+                      ("A", "B", "C"), ("k",) if scaled else (),
+                      {"A": Buffer("A", a_shape), "B": Buffer("B", b_shape),
+                       "C": Buffer("C", (rows, cols))})
+    source = render_module([program], N, real=name, blas=backend)
+    assert ("_gemm(" in source) == (backend == "numpy-openblas64")
+    return load_module(source, {"test": "gemm", "dtype": name})
+
+
+@pytest.mark.parametrize("backend", BLAS)
+@pytest.mark.parametrize("scaled", [True, False], ids=["C+=k*A*B", "C=A*B"])
 @pytest.mark.parametrize("dtype, ta, tb", [
     (d, ta, tb) for d, (ta, tb) in itertools.product(
         (np.float32, np.float64), itertools.product((False, True), repeat=2))])
-def test_gemm_add_matches_numpy(dtype, ta, tb):
-    rows, inner, cols = 3, 7, 5
-    a_shape = (inner, rows) if ta else (rows, inner)
-    b_shape = (cols, inner) if tb else (inner, cols)
-    program = Program("step", (MatMul("C", ("A", ta), ("B", tb), "C += k*A*B", sp.Symbol("k")),),
-                      ("A", "B", "C"), ("k",),
-                      {"A": Buffer("A", a_shape), "B": Buffer("B", b_shape),
-                       "C": Buffer("C", (rows, cols))})
+def test_products_match_numpy(dtype, ta, tb, scaled, backend):
+    """Every transpose, both dtypes, both BLAS libraries, with and without the scaled add;
+    a plain product overwrites C (NaN there must not leak), and an empty inner dimension
+    (an empty data shard) gives exactly C or zeros."""
     name = np.dtype(dtype).name
-    module = load_module(render_module([program], N, real=name), {"test": "gemm_add",
-                                                                 "dtype": name})
     rng = np.random.default_rng(0)
-    A, B, C = (rng.standard_normal(s).astype(dtype) for s in (a_shape, b_shape, (rows, cols)))
-    expected = C.astype(np.float64) + 0.25 * ((A.T if ta else A).astype(np.float64)
-                                              @ (B.T if tb else B).astype(np.float64))
-    module.step(A, B, C, dtype(0.25))
-    np.testing.assert_allclose(C, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    for rows, inner, cols in ((3, 7, 5), (4, 0, 2)):
+        a_shape = (inner, rows) if ta else (rows, inner)
+        b_shape = (cols, inner) if tb else (inner, cols)
+        module = _gemm_module(ta, tb, a_shape, b_shape, rows, cols, name, backend, scaled)
+        A, B, C = (rng.standard_normal(s).astype(dtype) for s in (a_shape, b_shape, (rows, cols)))
+        product = (A.T if ta else A).astype(np.float64) @ (B.T if tb else B).astype(np.float64)
+        if scaled:
+            expected = C.astype(np.float64) + 0.25 * product
+            module.step(A, B, C, dtype(0.25))
+        else:
+            expected, C[:] = product, np.nan
+            module.step(A, B, C)
+        np.testing.assert_allclose(C, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.skipif(blas.numpy_openblas() is None, reason="no bundled scipy-openblas64")
+def test_cblas_product_refuses_arrays_of_another_dtype():
+    """The CBLAS call reads raw pointers: float64 arrays in a float32 module are refused,
+    not read as garbage."""
+    module = _gemm_module(False, False, (2, 3), (3, 4), 2, 4, "float32", "numpy-openblas64")
+    with pytest.raises(TypeError, match="dtype"):
+        module.step(np.ones((2, 3)), np.ones((3, 4)), np.zeros((2, 4)), 1.0)
+
+
+def test_blas_choice_follows_the_environment(monkeypatch):
+    monkeypatch.setenv(blas.ENV, "scipy")
+    assert blas.choice() == "scipy"
+    monkeypatch.setenv(blas.ENV, "fortran")
+    with pytest.raises(ValueError, match="SYMNET_BLAS"):
+        blas.choice()
+    monkeypatch.setenv(blas.ENV, "numpy")
+    if blas.numpy_openblas() is None:
+        with pytest.raises(RuntimeError, match="scipy-openblas64"):
+            blas.choice()
+    else:
+        assert blas.choice() == "numpy-openblas64"

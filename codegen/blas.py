@@ -1,0 +1,82 @@
+"""Which BLAS the CPU kernels call for their matrix products.
+
+``np.dot`` inside ``@njit`` calls SciPy's BLAS (through Numba's ``numba_xxgemm``).  NumPy's
+own wheels bundle a newer OpenBLAS (``scipy-openblas64``, ILP64, every symbol prefixed
+``scipy_``): on this project's machine it runs the train step's products 8–10 % faster than
+SciPy's (`benchmarks/gemm_share.py`), about as fast as PyTorch's MKL.  When that library is
+found and exports ``cblas_?gemm``, generated kernels call it directly by symbol name, which
+keeps ``cache=True`` working: the machine code names the symbol, never an address, and
+`load_gemm` makes the symbol resolvable before any kernel is compiled or loaded.
+
+``SYMNET_BLAS=scipy`` (or a NumPy without the bundled library: conda's, macOS Accelerate)
+keeps ``np.dot``; ``SYMNET_BLAS=numpy`` insists on the bundled one and fails if it is missing.
+
+Example:
+    >>> choice() in ("numpy-openblas64", "scipy")
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+ENV = "SYMNET_BLAS"
+SYMBOL = "scipy_cblas_{kind}gemm64_"  # cblas_sgemm / cblas_dgemm, ILP64, NumPy's prefix
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enum values
+
+
+@functools.lru_cache(maxsize=1)
+def numpy_openblas() -> str | None:
+    """The path of NumPy's bundled OpenBLAS when it exports both GEMMs, else None."""
+    root = Path(np.__file__).resolve().parent
+    candidates = [*sorted(root.parent.glob("numpy.libs/*scipy_openblas64_*")),  # Linux, Windows
+                  *sorted(root.glob(".dylibs/*scipy_openblas64_*"))]  # macOS
+    for path in candidates:
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        if all(hasattr(library, SYMBOL.format(kind=k)) for k in "sd"):
+            return str(path)
+    return None
+
+
+def choice() -> str:
+    """``"numpy-openblas64"`` when kernels call NumPy's bundled OpenBLAS, else ``"scipy"``."""
+    wanted = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "numpy", "scipy"):
+        raise ValueError(f"{ENV}={wanted!r}: expected 'auto', 'numpy' or 'scipy'")
+    if wanted == "scipy":
+        return "scipy"
+    if numpy_openblas() is not None:
+        return "numpy-openblas64"
+    if wanted == "numpy":
+        raise RuntimeError(f"{ENV}=numpy, but this NumPy bundles no scipy-openblas64 library "
+                           f"with cblas_sgemm/cblas_dgemm (NumPy {np.__version__} at "
+                           f"{Path(np.__file__).parent})")
+    return "scipy"
+
+
+def load_gemm(kind: str):
+    """Numba's handle on NumPy's bundled ``cblas_{kind}gemm`` (``kind`` 's' or 'd').
+
+    Loads the library into LLVM's symbol table first, so kernels compiled now or loaded
+    from Numba's cache resolve the symbol.
+    """
+    from llvmlite import binding
+    from numba import types
+
+    path = numpy_openblas()
+    if path is None:
+        raise RuntimeError("NumPy's bundled OpenBLAS was not found; render with blas='scipy'")
+    binding.load_library_permanently(path)
+    real = types.float32 if kind == "s" else types.float64
+    enum, size = types.intc, types.int64
+    return types.ExternalFunction(SYMBOL.format(kind=kind), types.void(
+        enum, enum, enum, size, size, size, real, types.voidptr, size, types.voidptr, size,
+        real, types.voidptr, size))

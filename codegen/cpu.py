@@ -142,6 +142,13 @@ ROW_BODIES = {
                     "    m = max(m, {a}[i, j])", "s = 0.0", "for j in range({a}.shape[1]):",
                     "    s += math.exp({a}[i, j] - m)", "lse = m + math.log(s)",
                     "for j in range({a}.shape[1]):", "    {out}[i, j] = {a}[i, j] - lse"],
+    "softmax_log_softmax": ["m = {a}[i, 0]", "for j in range(1, {a}.shape[1]):",
+                            "    m = max(m, {a}[i, j])", "s = 0.0",
+                            "for j in range({a}.shape[1]):", "    e = math.exp({a}[i, j] - m)",
+                            "    {out}[i, j] = e", "    s += e", "lse = m + math.log(s)",
+                            "for j in range({a}.shape[1]):",
+                            "    {out}[i, j] = {out}[i, j] / s",
+                            "    {out2}[i, j] = {a}[i, j] - lse"],
     "softmax_vjp": ["s = 0.0", "for j in range({a}.shape[1]):", "    s += {a}[i, j] * {b}[i, j]",
                     "for j in range({a}.shape[1]):",
                     "    {out}[i, j] = {a}[i, j] * ({b}[i, j] - s)"],
@@ -152,9 +159,10 @@ ROW_BODIES = {
 
 
 def _render_rowop(op: RowOp, parallel: bool) -> list[str]:
-    names = dict(zip("ab", op.inputs), out=op.out)
+    names = dict(zip("ab", op.inputs), out=op.out, out2=op.out2)
     body = [INDENT + line.format(**names) for line in ROW_BODIES[op.kind]]
-    return [f"# {op.formula}", f"for i in {_range(op.out + '.shape[0]', parallel)}:", *body]
+    return [*(f"# {f}" for f in op.formula.splitlines()),
+            f"for i in {_range(op.out + '.shape[0]', parallel)}:", *body]
 
 
 def _render_reduce(op: Reduce, parallel: bool) -> list[str]:

@@ -285,13 +285,14 @@ def _render_rowsum(op: RowSum, r: _Render) -> None:
 
 
 def _render_rowop(op: RowOp, r: _Render) -> None:
-    names = dict(zip("ab", op.inputs), out=op.out)
-    body = [f"# {op.formula}", "i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
+    names = dict(zip("ab", op.inputs), out=op.out, out2=op.out2)
+    formula = [f"# {f}" for f in op.formula.splitlines()]
+    body = [*formula, "i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
             *(INDENT + device_text(line.format(**names)) for line in ROW_BODIES[op.kind])]
-    params = (op.out, *op.inputs)
+    params = (*op.outputs, *op.inputs)
     name = r.kernel(f"{op.kind}_{op.out}", params, body,
                     "One thread per sample row; the row maximum is subtracted before exp.")
-    r.driver += [f"# {op.formula}", f"{name}[_line({op.out}.shape[0])]({', '.join(params)})"]
+    r.driver += [*formula, f"{name}[_line({op.out}.shape[0])]({', '.join(params)})"]
 
 
 def accumulators(program: Program) -> tuple[str, ...]:

@@ -44,6 +44,8 @@ def writes(op) -> set[str]:
         return {t for t, _ in op.assigns if t not in op.locals}
     if isinstance(op, (Reduce, CheckFinite)):
         return set()
+    if isinstance(op, RowOp):
+        return set(op.outputs)
     return {op.out}
 
 

@@ -56,12 +56,21 @@ class RowSum:
 
 @dataclass(frozen=True)
 class RowOp:
-    """A per-sample operation over each stored row: softmax, log-softmax and their VJPs."""
+    """A per-sample operation over each stored row: softmax, log-softmax and their VJPs.
+
+    ``softmax_log_softmax`` writes the softmax to ``out`` and the log-softmax of the same
+    input to ``out2`` in one pass over the row: one exp per entry instead of two.
+    """
 
     kind: str
     out: str
     inputs: tuple[str, ...]
     formula: str = ""
+    out2: str = ""
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.out, self.out2) if self.out2 else (self.out,)
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,12 @@ class _Context:
         out = f"log_{name}"
         if out not in self.buffers:
             self.buffers[out] = Buffer(out, self.buffers[name].shape)
-            self.ops.append(RowOp("log_softmax", out, (self.softmax_input[name],),
-                                  f"{out} = log_softmax({self.softmax_input[name]})"))
+            # The softmax's own pass over the row computes it too (one exp per entry): its
+            # input is ready there and nothing else writes the new buffer.
+            k, op = next((k, op) for k, op in enumerate(self.ops)
+                         if isinstance(op, RowOp) and op.kind == "softmax" and op.out == name)
+            self.ops[k] = RowOp("softmax_log_softmax", name, op.inputs,
+                                f"{op.formula}\n{out} = log_softmax({op.inputs[0]})", out2=out)
         return out
 
 

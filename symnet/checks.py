@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from symnet.graph import _leaf_layers
 from symnet.module import Linear, Module
@@ -35,6 +36,18 @@ def _array(value, where, what: str) -> np.ndarray:
             from None
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _nonfinite_sum(flat):
+    """``v * 0`` is 0 for finite ``v`` and NaN for NaN or ±Inf, so the sum is 0 exactly when
+    every entry is finite.  Reassociation lets the sum vectorise; NaN and Inf keep their IEEE
+    meaning (no ``nnan``/``ninf``), and nothing is allocated: ``np.isfinite(a).all()`` builds
+    a bool array the size of the batch on every call."""
+    acc = flat.dtype.type(0)
+    for k in range(flat.size):
+        acc += flat[k] * 0
+    return acc
+
+
 def _convert(array: np.ndarray, dtype, where, what: str) -> np.ndarray:
     """``array`` as C-contiguous ``dtype``; finite values beyond its range are an error.
 
@@ -46,7 +59,7 @@ def _convert(array: np.ndarray, dtype, where, what: str) -> np.ndarray:
     else:
         with np.errstate(over="ignore", invalid="ignore"):  # reported below, in our words
             converted = np.ascontiguousarray(array, dtype=dtype)
-    if not np.isfinite(converted).all():
+    if _nonfinite_sum(converted.reshape(-1)) != 0:
         beyond = " (or values beyond the range of " + np.dtype(dtype).name + ")" \
             if np.isfinite(array).all() else ""
         raise ValueError(f"{where()} got {what} containing NaN or Inf{beyond}")

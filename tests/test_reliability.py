@@ -16,6 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import symnet as sn
 from codegen.ir import CheckFinite, Loop
@@ -183,6 +185,22 @@ BAD_TARGETS = {
                    r"\(8, 2\), got \(2, 8\)"),
     "NaN": (np.full((BATCH, OUT), np.nan), ValueError, MSE + r" got targets containing NaN"),
 }
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([np.float32, np.float64]), st.integers(1, 40), st.integers(1, 40),
+       st.data())
+def test_one_non_finite_entry_anywhere_is_found(dtype, rows, cols, data):
+    """The allocation-free scan behind the input check agrees with np.isfinite: one NaN or
+    ±Inf anywhere (any size, so the vectorised body and its remainder are both hit), and
+    the largest finite values pass."""
+    from symnet.checks import _nonfinite_sum
+
+    info = np.finfo(dtype)
+    a = np.random.default_rng(rows * 41 + cols).uniform(-1, 1, (rows, cols)).astype(dtype)
+    a.flat[data.draw(st.integers(0, a.size - 1))] = data.draw(st.sampled_from(
+        [np.nan, np.inf, -np.inf, info.max, -info.max, info.tiny, 0.0]))
+    assert (_nonfinite_sum(a.reshape(-1)) != 0) == (not np.isfinite(a).all())
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

@@ -108,7 +108,8 @@ def _cross_entropy_program():
 @pytest.mark.parametrize("scale", [1.0, 300.0])
 def test_log_of_softmax_reads_a_log_softmax(scale):
     program = _cross_entropy_program()
-    assert any(isinstance(op, RowOp) and op.kind == "log_softmax" for op in program.ops)
+    (row,) = [op for op in program.ops if isinstance(op, RowOp)]  # one pass over each row
+    assert (row.kind, row.outputs) == ("softmax_log_softmax", ("S", "log_S"))
     arrays = _inputs(2, scale)
     labels = np.random.default_rng(3).integers(0, OUT, BATCH)
     arrays["Y"] = np.eye(OUT)[labels]
@@ -119,6 +120,7 @@ def test_log_of_softmax_reads_a_log_softmax(scale):
     assert value == pytest.approx(-log_p[np.arange(BATCH), labels].mean(), rel=1e-12)
     np.testing.assert_allclose(out["S"], special.softmax(logits, axis=1), rtol=1e-12,
                                atol=1e-300)
+    np.testing.assert_allclose(out["log_S"], log_p, rtol=1e-12)
 
 
 def test_log_softmax_and_softmax_vjp_rows():

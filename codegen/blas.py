@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 ENV = "SYMNET_BLAS"
-SYMBOL = "scipy_cblas_{kind}gemm64_"  # cblas_sgemm / cblas_dgemm, ILP64, NumPy's prefix
+SYMBOL = "scipy_cblas_{kind}{op}64_"  # cblas_sgemm, cblas_dgemv ...: ILP64, NumPy's prefix
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enum values
 
 
 @functools.lru_cache(maxsize=1)
 def numpy_openblas() -> str | None:
-    """The path of NumPy's bundled OpenBLAS when it exports both GEMMs, else None."""
+    """The path of NumPy's bundled OpenBLAS when it exports GEMM and GEMV in both
+    precisions, else None."""
     root = Path(np.__file__).resolve().parent
     candidates = [*sorted(root.parent.glob("numpy.libs/*scipy_openblas64_*")),  # Linux, Windows
                   *sorted(root.glob(".dylibs/*scipy_openblas64_*"))]  # macOS
@@ -41,7 +42,8 @@ def numpy_openblas() -> str | None:
             library = ctypes.CDLL(str(path))
         except OSError:
             continue
-        if all(hasattr(library, SYMBOL.format(kind=k)) for k in "sd"):
+        if all(hasattr(library, SYMBOL.format(kind=k, op=op))
+               for k in "sd" for op in ("gemm", "gemv")):
             return str(path)
     return None
 
@@ -63,10 +65,11 @@ def choice() -> str:
 
 
 def load_gemm(kind: str):
-    """Numba's handle on NumPy's bundled ``cblas_{kind}gemm`` (``kind`` 's' or 'd').
+    """Numba's handles on NumPy's bundled ``cblas_{kind}gemm`` and ``cblas_{kind}gemv``
+    (``kind`` 's' or 'd').
 
     Loads the library into LLVM's symbol table first, so kernels compiled now or loaded
-    from Numba's cache resolve the symbol.
+    from Numba's cache resolve the symbols.
     """
     from llvmlite import binding
     from numba import types
@@ -76,7 +79,10 @@ def load_gemm(kind: str):
         raise RuntimeError("NumPy's bundled OpenBLAS was not found; render with blas='scipy'")
     binding.load_library_permanently(path)
     real = types.float32 if kind == "s" else types.float64
-    enum, size = types.intc, types.int64
-    return types.ExternalFunction(SYMBOL.format(kind=kind), types.void(
-        enum, enum, enum, size, size, size, real, types.voidptr, size, types.voidptr, size,
-        real, types.voidptr, size))
+    enum, size, pointer = types.intc, types.int64, types.voidptr
+    gemm = types.ExternalFunction(SYMBOL.format(kind=kind, op="gemm"), types.void(
+        enum, enum, enum, size, size, size, real, pointer, size, pointer, size,
+        real, pointer, size))
+    gemv = types.ExternalFunction(SYMBOL.format(kind=kind, op="gemv"), types.void(
+        enum, enum, size, size, real, pointer, size, pointer, size, real, pointer, size))
+    return gemm, gemv

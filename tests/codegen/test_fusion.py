@@ -72,12 +72,14 @@ def _gemm_module(ta, tb, a_shape, b_shape, rows, cols, name, backend, scaled=Tru
     (d, ta, tb) for d, (ta, tb) in itertools.product(
         (np.float32, np.float64), itertools.product((False, True), repeat=2))])
 def test_products_match_numpy(dtype, ta, tb, scaled, backend):
-    """Every transpose, both dtypes, both BLAS libraries, with and without the scaled add;
-    a plain product overwrites C (NaN there must not leak), and an empty inner dimension
-    (an empty data shard) gives exactly C or zeros."""
+    """Every transpose, both dtypes, both BLAS libraries, with and without the scaled add,
+    for matrices and single rows or columns (batch 1 takes GEMV); a plain product
+    overwrites C (NaN there must not leak), and an empty inner dimension (an empty data
+    shard) gives exactly C or zeros."""
     name = np.dtype(dtype).name
     rng = np.random.default_rng(0)
-    for rows, inner, cols in ((3, 7, 5), (4, 0, 2)):
+    # a matrix, one row and one column (GEMV), both, and an empty inner dimension
+    for rows, inner, cols in ((3, 7, 5), (1, 7, 5), (3, 7, 1), (1, 7, 1), (4, 0, 2), (1, 0, 3)):
         a_shape = (inner, rows) if ta else (rows, inner)
         b_shape = (cols, inner) if tb else (inner, cols)
         module = _gemm_module(ta, tb, a_shape, b_shape, rows, cols, name, backend, scaled)

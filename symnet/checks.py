@@ -42,10 +42,21 @@ def _nonfinite_sum(flat):
     every entry is finite.  Reassociation lets the sum vectorise; NaN and Inf keep their IEEE
     meaning (no ``nnan``/``ninf``), and nothing is allocated: ``np.isfinite(a).all()`` builds
     a bool array the size of the batch on every call."""
-    acc = flat.dtype.type(0)
+    zero = flat.dtype.type(0)  # a float32 zero keeps a float32 scan float32 (8 lanes, not 4)
+    acc = zero
     for k in range(flat.size):
-        acc += flat[k] * 0
+        acc += flat[k] * zero
     return acc
+
+
+@njit(cache=True)
+def _first_outside(labels, outputs):
+    """The index of the first label outside [0, outputs), or -1: one pass, where
+    ``labels.min()`` and ``labels.max()`` took two and 4 µs of a 30 µs batch-1 step."""
+    for k in range(labels.size):
+        if labels[k] < 0 or labels[k] >= outputs:
+            return k
+    return -1
 
 
 def _convert(array: np.ndarray, dtype, where, what: str) -> np.ndarray:
@@ -101,10 +112,17 @@ def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
         if array.dtype.kind not in "iu" or array.shape != (batch,):
             raise ValueError(f"{loss!r} expects integer class indices of shape ({batch},), "
                              f"got {array.dtype} array of shape {array.shape}")
-        if batch and (array.min() < 0 or array.max() >= outputs):
-            bad = array[(array < 0) | (array >= outputs)][0]
-            raise ValueError(f"{loss!r}: label {bad} is outside [0, {outputs})")
-        return np.ascontiguousarray(array, dtype=np.int64)
+        if array.dtype == np.int64:  # the usual case: one compiled pass
+            labels = np.ascontiguousarray(array)
+            bad = _first_outside(labels, outputs)
+            outside = labels[bad] if bad >= 0 else None
+        else:  # judged before conversion, which would wrap uint64 values past 2**63
+            wrong = (array < 0) | (array >= outputs)
+            outside = array[wrong][0] if wrong.any() else None
+            labels = np.ascontiguousarray(array, dtype=np.int64)
+        if outside is not None:
+            raise ValueError(f"{loss!r}: label {outside} is outside [0, {outputs})")
+        return labels
     if array.shape == (batch,) and outputs == 1:
         array = array.reshape(batch, 1)
     if array.shape != (batch, outputs):

@@ -12,10 +12,13 @@ each row the symnet step and a standard PyTorch eager loop (``zero_grad``; ``cro
 ``backward``; ``opt.step()``, torch.optim with its default ``foreach``) run in the same
 process, in interleaved timing blocks of k steps each (so both see the same machine noise),
 after a warm-up; the table gives the median over the blocks.  ``torch.set_num_threads`` is
-set to the thread count the BLAS that Numba calls (SciPy's OpenBLAS) uses.
+set to the thread count of the BLAS the compiled step calls (`codegen.blas.choice`: NumPy's
+bundled OpenBLAS, else SciPy's).
 
-FLOP floor: 6·N·Σ in·out (forward 2·N·Σ in·out, backward twice that; elementwise work
-ignored) divided by the float32 GEMM rate measured in the same run (``np.dot`` on 1024×1024).
+FLOP floor: the step's matrix products, 2·N·Σ in·out forward and 2·N·Σ in·out for the weight
+gradients, plus 2·N·in·out for each layer's input gradient except the first (the batch needs
+none, in symnet or PyTorch); elementwise work ignored.  Divided by the best float32 GEMM rate
+measured in the same run (1024×1024).
 
 Cold compile / cache load: two fresh processes sharing one empty ``SYMNET_CACHE_DIR``; each
 times ``sn.compile`` through the first step returning.
@@ -111,10 +114,12 @@ def blas_info() -> list[dict]:
 
 
 def blas_threads(info: list[dict]) -> int | None:
-    """Threads of the BLAS that Numba's ``np.dot`` calls: SciPy's (``cython_blas``)."""
-    blas = [d for d in info if d.get("user_api") == "blas"]
-    scipy_blas = [d for d in blas if "scipy.libs" in str(d.get("filepath"))]
-    chosen = scipy_blas or blas
+    """Threads of the BLAS the compiled step calls (`codegen.blas.choice`)."""
+    from codegen import blas as step_blas
+
+    folder = "numpy.libs" if step_blas.choice() == "numpy-openblas64" else "scipy.libs"
+    libraries = [d for d in info if d.get("user_api") == "blas"]
+    chosen = [d for d in libraries if folder in str(d.get("filepath"))] or libraries
     return chosen[0]["num_threads"] if chosen else None
 
 
@@ -237,7 +242,10 @@ def interleaved(fs: dict, blocks: int, block_s: float, warmup_s: float,
 
 
 def flops(sizes, batch: int) -> int:
-    return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    """The step's GEMM FLOPs: forward, weight gradients, and input gradients of every layer
+    but the first."""
+    layers = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return batch * (4 * sum(layers) + 2 * sum(layers[1:]))
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,6 +367,10 @@ def main() -> int:
     print(f"- versions: python {platform.python_version()}, numpy {np.__version__}, "
           f"scipy {scipy.__version__}, numba {numba.__version__}, torch {torch.__version__}, "
           f"symnet {sn.__version__}")
+    from codegen import blas as step_blas
+
+    print(f"- the step's products: {step_blas.choice()} (codegen/blas.py; SYMNET_BLAS="
+          f"{os.environ.get('SYMNET_BLAS', 'auto')})")
     print(f"- threads: torch.set_num_threads({threads}); NUMBA_NUM_THREADS="
           f"{numba.config.NUMBA_NUM_THREADS} (threading layer used by parallel=True: "
           f"{layer}); torch.get_num_threads()={torch.get_num_threads()}"
@@ -369,7 +381,8 @@ def main() -> int:
         path = str(d.get("filepath"))
         lib = os.path.basename(path)
         owner = ("SciPy's: Numba's np.dot calls it" if "scipy.libs" in path else
-                 "NumPy's: np.dot / the GEMM rate" if "numpy.libs" in path else "")
+                 "NumPy's: np.dot, and the step's products under SYMNET_BLAS=auto"
+                 if "numpy.libs" in path else "")
         print(f"- BLAS (threadpoolctl{', ' + owner if owner else ''}): "
               f"{d.get('internal_api')} {d.get('version')} "
               f"[{lib}] architecture={d.get('architecture')} threads={d.get('num_threads')} "

@@ -114,7 +114,7 @@ def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
                              f"got {array.dtype} array of shape {array.shape}")
         if array.dtype == np.int64:  # the usual case: one compiled pass
             labels = np.ascontiguousarray(array)
-            bad = _first_outside(labels, outputs)
+            bad = _first_outside(labels, int(outputs))
             outside = labels[bad] if bad >= 0 else None
         else:  # judged before conversion, which would wrap uint64 values past 2**63
             wrong = (array < 0) | (array >= outputs)

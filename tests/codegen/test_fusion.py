@@ -115,3 +115,42 @@ def test_blas_choice_follows_the_environment(monkeypatch):
             blas.choice()
     else:
         assert blas.choice() == "numpy-openblas64"
+
+
+@pytest.mark.parametrize("backend", BLAS)
+def test_products_load_from_numbas_cache_in_a_fresh_process(tmp_path, backend):
+    """The machine code names the BLAS routine by symbol, never by address: a second
+    process loads it from the cache (no compile) and gets the same product."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    ta, tb, a_shape, b_shape = True, False, (6, 3), (6, 4)
+    script = textwrap.dedent(f"""
+        import numpy as np, sympy as sp
+        from codegen.cache import load_module
+        from codegen.cpu import render_module
+        from codegen.ir import Buffer, MatMul, Program
+        N = sp.Symbol("N", integer=True, positive=True)
+        program = Program("step", (MatMul("C", ("A", {ta}), ("B", {tb}), "C += k*A*B",
+                                          sp.Symbol("k")),), ("A", "B", "C"), ("k",),
+                          {{"A": Buffer("A", {a_shape}), "B": Buffer("B", {b_shape}),
+                            "C": Buffer("C", (3, 4))}})
+        module = load_module(render_module([program], N, real="float64", blas={backend!r}),
+                             {{"test": "gemm cache"}})
+        rng = np.random.default_rng(1)
+        A, B = rng.standard_normal({a_shape}), rng.standard_normal({b_shape})
+        C = np.zeros((3, 4))
+        module.step(A, B, C, 0.5)
+        assert np.allclose(C, 0.5 * A.T @ B, rtol=1e-13), C
+        print(sum(module.step.stats.cache_hits.values()))
+    """)
+    env = {**os.environ, "SYMNET_CACHE_DIR": str(tmp_path / "cache")}
+    hits = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
+        assert run.returncode == 0, run.stderr[-3000:]
+        hits.append(int(run.stdout.split()[-1]))
+    assert hits == [0, 1]  # compiled once, then loaded

@@ -25,7 +25,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/derive_speed.py
-	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/train_step.py --threads 1 --no-parallel
 	$(PY) benchmarks/mpi_scaling.py
 	$(PY) benchmarks/gemm_share.py
 

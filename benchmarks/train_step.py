@@ -57,6 +57,8 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no-parallel", action="store_true", help="skip the parallel=True rows")
     p.add_argument("--no-compile", action="store_true",
                    help="skip the cold-compile / cache-load subprocesses")
+    p.add_argument("--batches", metavar="LIST",
+                   help="only the rows of these batch sizes, e.g. 256,4096")
     return p.parse_args(argv)
 
 
@@ -309,6 +311,8 @@ def main() -> int:
     if quick:  # a few rows smoke-test every code path
         configs = [c for c in configs if c[2] in (1, 32) or (c[2] == 256 and c[1] == "SGD"
                                                              and not (c[3] and c[0] == big))]
+    if args.batches:
+        configs = [c for c in configs if c[2] in {int(b) for b in args.batches.split(",")}]
 
     load_before = load_average()
     rows = []

@@ -28,6 +28,7 @@ bench: setup
 	$(PY) benchmarks/train_step.py --threads 1 --no-parallel
 	$(PY) benchmarks/mpi_scaling.py
 	$(PY) benchmarks/gemm_share.py
+	$(PY) benchmarks/threads.py
 
 # On a machine with an NVIDIA GPU (needs the cuda extra): the fused CUDA step vs PyTorch CUDA.
 bench-gpu: setup

@@ -235,6 +235,26 @@ def test_bad_targets_to_a_step_and_to_the_loss(case):
     assert _snapshot(model, opt) == before and all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint8, np.uint32,
+                                   np.uint64])
+@pytest.mark.parametrize("position", [0, BATCH - 1])
+def test_a_label_outside_the_classes_is_named_for_every_integer_dtype(dtype, position):
+    """Labels of any integer dtype: the first one outside [0, classes) is named, the
+    largest class is accepted, and nothing changes."""
+    from symnet.checks import check_targets
+
+    loss = sn.CrossEntropyLoss()
+    labels = np.ones(BATCH, dtype)
+    np.testing.assert_array_equal(check_targets(loss, labels, BATCH, 2, np.float32), 1)
+    labels[position] = 2
+    with pytest.raises(ValueError, match=r"label 2 is outside \[0, 2\)"):
+        check_targets(loss, labels, BATCH, 2, np.float32)
+    if np.issubdtype(dtype, np.signedinteger):
+        labels[position] = -1
+        with pytest.raises(ValueError, match=r"label -1 is outside \[0, 2\)"):
+            check_targets(loss, labels, BATCH, 2, np.float32)
+
+
 @pytest.mark.parametrize("labels", [np.full(BATCH, 2**63, np.uint64), np.array(["0"] * BATCH),
                                     np.zeros(BATCH, complex), np.zeros(BATCH, bool)])
 def test_class_labels_of_the_wrong_kind(labels):

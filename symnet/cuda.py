@@ -362,6 +362,7 @@ class CudaTrainStep:
         unit = _units[key]
         self.program, self.function, self._source = unit.program, unit.function, unit.source
         self._batch_buffers: tuple[int, dict] | None = None
+        self._inputs: dict = {}  # the batch's device arrays, reused while the shape holds
         self._resident()  # uploads the optimizer state now, and checks dtypes and devices
 
     def source(self) -> str:
@@ -408,6 +409,16 @@ class CudaTrainStep:
                                                        self.dtype))
         return self._batch_buffers[1]
 
+    def _upload(self, name: str, host: np.ndarray):
+        """``host`` copied into this step's device array for ``name``, allocated once per
+        shape and dtype: a new device array every step costs an allocation, and freeing the
+        old ones synchronises the device."""
+        device = self._inputs.get(name)
+        if device is None or device.shape != host.shape or device.dtype != host.dtype:
+            device = self._inputs[name] = self.cuda.device_array(host.shape, host.dtype)
+        device.copy_to_device(host)
+        return device
+
     def __call__(self, inputs, targets) -> float:
         X = check_inputs(self.model, inputs, self.dtype)
         batch = X.shape[0]
@@ -415,8 +426,8 @@ class CudaTrainStep:
                           self.dtype)
         resident = self._resident()
         arrays = {**self._buffers(batch, resident), **resident}
-        first, second = self.program.arguments[:2]
-        arrays[first], arrays[second] = self.cuda.to_device(X), self.cuda.to_device(Y)
+        for name, host in zip(self.program.arguments[:2], (X, Y)):
+            arrays[name] = self._upload(name, host)
         hyper = {**self.optimizer.hyperparameters(), "t": self.optimizer.step_count + 1}
         value = self.function(*(arrays[n] for n in self.program.arguments),
                               *(hyper[s] if s == "t" else self.dtype(hyper[s])

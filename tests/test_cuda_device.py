@@ -156,7 +156,7 @@ def test_a_step_moves_only_the_batch_in_and_the_loss_out(monkeypatch):
     step(X, y)  # first call: per-batch temporaries
     transfers = Transfers(monkeypatch)
     step(X, y)
-    assert transfers.take() == {"to_device": 2, "copy_to_host": 1}  # X and labels; the loss
+    assert transfers.take() == {"copy_to_device": 2, "copy_to_host": 1}  # X, labels; the loss
     model(X)
     assert transfers.take() == {"to_device": 1, "copy_to_host": 1}  # X; the output
     model.state_dict()
@@ -165,7 +165,7 @@ def test_a_step_moves_only_the_batch_in_and_the_loss_out(monkeypatch):
     assert transfers.take() == {}  # still current: nothing to fetch
     model[0].bias.data[...] = 0  # a host write: uploaded before the device reads again
     step(X, y)
-    assert transfers.take() == {"to_device": 2, "copy_to_host": 1, "copy_to_device": 1}
+    assert transfers.take() == {"copy_to_device": 3, "copy_to_host": 1}
 
 
 @needs_cuda
@@ -179,12 +179,12 @@ def test_a_checked_step_brings_back_one_flag_more(monkeypatch):
     step(X, y)
     transfers = Transfers(monkeypatch)
     step(X, y)
-    assert transfers.take() == {"to_device": 2, "copy_to_host": 2}  # X, labels; flag, loss
+    assert transfers.take() == {"copy_to_device": 2, "copy_to_host": 2}  # X, labels; flag, loss
     model[2].weight.data[0, 0] = np.inf  # (fetches the weights first)
     transfers.take()
     with pytest.raises(FloatingPointError, match="train step 3: the loss became (nan|inf)"):
         step(X, y)
-    assert transfers.take() == {"to_device": 2, "copy_to_device": 1, "copy_to_host": 2}
+    assert transfers.take() == {"copy_to_device": 3, "copy_to_host": 2}
     assert opt.step_count == 2
 
 

@@ -45,6 +45,26 @@ def assert_close_fixture():
     return assert_close
 
 
+def central_difference(parameter, loss, h: float) -> np.ndarray:
+    """d loss / d parameter by float64 central differences: each entry of the parameter's
+    values is moved by ±h in place, ``loss()`` evaluated, and the entry restored."""
+    numeric = np.zeros_like(parameter.data)
+    for index in np.ndindex(parameter.shape):
+        saved = parameter.data[index]
+        parameter.data[index] = saved + h
+        plus = loss()
+        parameter.data[index] = saved - h
+        minus = loss()
+        parameter.data[index] = saved
+        numeric[index] = (plus - minus) / (2 * h)
+    return numeric
+
+
+@pytest.fixture(name="central_difference", scope="session")  # session: usable under Hypothesis
+def central_difference_fixture():
+    return central_difference
+
+
 _TORCH_ACTIVATIONS = {"ReLU": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh", "SiLU": "SiLU",
                       "GELU": "GELU", "Softplus": "Softplus"}
 

@@ -108,23 +108,15 @@ def test_symbolic_backward_is_proved(net):
 
 @settings(SETTINGS, max_examples=8)
 @given(networks())
-def test_compiled_gradients_match_central_differences(net):
+def test_compiled_gradients_match_central_differences(central_difference, net):
     widths, activations, loss = net
     model = _build(widths, activations)
     X, y = _batch(widths, loss)
     model.zero_grad()
     LOSSES[loss][0]()(model(X), y).backward()
-    h = 1e-6
     for name, parameter in model.named_parameters():
-        numeric = np.zeros_like(parameter.data)
-        for index in np.ndindex(parameter.shape):
-            saved = parameter.data[index]
-            parameter.data[index] = saved + h
-            plus = _numpy_loss(model, activations, loss, X, y)
-            parameter.data[index] = saved - h
-            minus = _numpy_loss(model, activations, loss, X, y)
-            parameter.data[index] = saved
-            numeric[index] = (plus - minus) / (2 * h)
+        numeric = central_difference(
+            parameter, lambda: _numpy_loss(model, activations, loss, X, y), h=1e-6)
         scale = max(np.abs(numeric).max(), 1e-3)
         err = np.abs(parameter.grad - numeric).max() / scale
         assert err < 1e-5, f"{name}: relative error {err:.2e} ({widths}, {activations}, {loss})"

@@ -116,22 +116,15 @@ def _loss_at(model, loss_fn, X, target) -> float:
 @pytest.mark.parametrize(("activation", "loss", "reduction"),
                          [("GELU", "CE", "mean"), ("cube", "MSE", "sum"),
                           ("Tanh", "BCE", "mean"), ("Tanh", "logcosh", "sum")])
-def test_gradients_match_central_differences(activation, loss, reduction, assert_close):
+def test_gradients_match_central_differences(activation, loss, reduction, assert_close,
+                                             central_difference):
     model = _network(activation, loss)
     loss_fn = LOSSES[loss][0](reduction)
     X, target = _data(LOSSES[loss][3])
     loss_fn(model(X), target).backward()
-    h = 1e-5
     for name, parameter in model.named_parameters():
-        numeric = np.zeros_like(parameter.data)
-        for index in np.ndindex(parameter.shape):
-            saved = parameter.data[index]
-            parameter.data[index] = saved + h
-            up = _loss_at(model, loss_fn, X, target)
-            parameter.data[index] = saved - h
-            down = _loss_at(model, loss_fn, X, target)
-            parameter.data[index] = saved
-            numeric[index] = (up - down) / (2 * h)
+        numeric = central_difference(parameter, lambda: _loss_at(model, loss_fn, X, target),
+                                     h=1e-5)
         assert_close(parameter.grad, numeric, 1e-6, name)
 
 

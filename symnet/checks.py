@@ -114,7 +114,7 @@ def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
                              f"got {array.dtype} array of shape {array.shape}")
         if array.dtype.kind == "i" or array.dtype.itemsize < 8:  # int64 holds every value
             labels = np.ascontiguousarray(array, dtype=np.int64)
-            bad = _first_outside(labels, int(outputs))
+            bad = _first_outside(labels, outputs)
             outside = labels[bad] if bad >= 0 else None
         else:  # uint64: judged before conversion, which would wrap values past 2**63
             wrong = (array < 0) | (array >= outputs)

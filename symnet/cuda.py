@@ -363,6 +363,7 @@ class CudaTrainStep:
         self.program, self.function, self._source = unit.program, unit.function, unit.source
         self._batch_buffers: tuple[int, dict] | None = None
         self._inputs: dict = {}  # the batch's device arrays, reused while the shape holds
+        self._outputs = int(self.derivation.graph.target.shape[0])  # a SymPy Integer there
         self._resident()  # uploads the optimizer state now, and checks dtypes and devices
 
     def source(self) -> str:
@@ -422,8 +423,7 @@ class CudaTrainStep:
     def __call__(self, inputs, targets) -> float:
         X = check_inputs(self.model, inputs, self.dtype)
         batch = X.shape[0]
-        Y = check_targets(self.loss, targets, batch, self.derivation.graph.target.shape[0],
-                          self.dtype)
+        Y = check_targets(self.loss, targets, batch, self._outputs, self.dtype)
         resident = self._resident()
         arrays = {**self._buffers(batch, resident), **resident}
         for name, host in zip(self.program.arguments[:2], (X, Y)):

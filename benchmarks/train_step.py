@@ -73,6 +73,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from mlp import symnet_mlp, symnet_optimizer, torch_mlp  # noqa: E402
 
+from codegen import blas as step_blas  # noqa: E402  (which BLAS the step's products call)
+
 # ------------------------------------------------------------------------------------------
 # the cold-compile / cache-load child: kept as source so it runs in a fresh interpreter
 # ------------------------------------------------------------------------------------------
@@ -117,8 +119,6 @@ def blas_info() -> list[dict]:
 
 def blas_threads(info: list[dict]) -> int | None:
     """Threads of the BLAS the compiled step calls (`codegen.blas.choice`)."""
-    from codegen import blas as step_blas
-
     folder = "numpy.libs" if step_blas.choice() == "numpy-openblas64" else "scipy.libs"
     libraries = [d for d in info if d.get("user_api") == "blas"]
     chosen = [d for d in libraries if folder in str(d.get("filepath"))] or libraries
@@ -371,8 +371,6 @@ def main() -> int:
     print(f"- versions: python {platform.python_version()}, numpy {np.__version__}, "
           f"scipy {scipy.__version__}, numba {numba.__version__}, torch {torch.__version__}, "
           f"symnet {sn.__version__}")
-    from codegen import blas as step_blas
-
     print(f"- the step's products: {step_blas.choice()} (codegen/blas.py; SYMNET_BLAS="
           f"{os.environ.get('SYMNET_BLAS', 'auto')})")
     print(f"- threads: torch.set_num_threads({threads}); NUMBA_NUM_THREADS="

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import keyword
 
 import sympy as sp
@@ -262,10 +263,9 @@ def render_function(program: Program, batch: sp.Symbol, parallel: bool = False,
             if isinstance(extent, sp.Symbol) and extent not in bound:
                 body.append(f"{extent} = {name}.shape[{axis}]")
                 bound.add(extent)
+    renderers = {**RENDERERS, MatMul: functools.partial(_render_matmul, cblas=cblas)}
     for op in program.ops:
-        lines = _render_matmul(op, parallel, cblas) if isinstance(op, MatMul) else \
-            RENDERERS[type(op)](op, parallel)
-        body += [_safe_line(line) for line in lines]
+        body += [_safe_line(line) for line in renderers[type(op)](op, parallel)]
     result = program.returns or "0.0"
     guarded = any(isinstance(op, CheckFinite) for op in program.ops)
     body.append(f"return {result}, True" if guarded else f"return {result}")

@@ -199,19 +199,26 @@ def _render_onehot(op: OneHot, parallel: bool) -> list[str]:
 
 
 def _render_check_finite(op: CheckFinite, parallel: bool) -> list[str]:
-    # v * 0.0 is 0.0 for finite v and NaN for NaN or ±Inf, so one branch-free sum (which
-    # vectorises) tells whether anything is not finite; the branch runs once, after it.
     names = ", ".join([op.loss] * (op.loss is not None) + [n for n, _ in op.arrays])
     lines = [f"# check_finite: no update unless {names} are finite",
              f"nonfinite = {op.loss or 0.0} * 0.0"]
-    for name, ndim in op.arrays:
-        if ndim == 1:
-            lines += [f"for i in range({name}.shape[0]):", f"{INDENT}nonfinite += {name}[i] * 0.0"]
-        else:
-            lines += [f"for i in range({name}.shape[0]):",
-                      f"{INDENT}for j in range({name}.shape[1]):",
-                      f"{INDENT * 2}nonfinite += {name}[i, j] * 0.0"]
+    lines += [f"nonfinite += _nonfinite({name})" for name, _ in op.arrays]
     return lines + ["if nonfinite != 0.0:", f"{INDENT}return {op.loss or 0.0}, False"]
+
+
+# v * 0 is 0 for finite v and NaN for NaN or ±Inf, so the sum is 0 exactly when every entry
+# is finite.  Reassociation (its own function: inlining would drop the flag) lets the sum
+# vectorise in the array's own type; NaN and Inf keep their IEEE meaning (no nnan/ninf).
+NONFINITE = """
+@njit(cache=True, fastmath={'reassoc'}, error_model='numpy')
+def _nonfinite(a):
+    flat = a.reshape(-1)
+    zero = flat.dtype.type(0)
+    acc = zero
+    for k in range(flat.size):
+        acc += flat[k] * zero
+    return acc
+"""
 
 
 RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
@@ -292,6 +299,8 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
         parts.append(CBLAS_GEMM.format(kind=kind))
     elif any(op.scale is not None for op in products):
         parts.append(GEMM_ADD.format(kind=kind))
+    if any(isinstance(op, CheckFinite) for p in programs for op in p.ops):
+        parts.append(NONFINITE)
     for program in programs:
         parts += ["", f"@{jit}", render_function(program, batch, parallel, cblas), ""]
     return "\n".join(parts)

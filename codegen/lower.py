@@ -140,12 +140,23 @@ def _(rhs: sp.MatMul, lhs, ctx):
 def _(rhs: sp.MatAdd, lhs, ctx):
     products = [t for t in rhs.args if not _is_bias(t)]
     biases = [t for t in rhs.args if _is_bias(t)]
-    if len(products) != 1:
-        raise TypeError(f"codegen lowers one product plus biases, got {lhs} = {rhs}")
-    _lower(products[0], lhs, ctx)
     space = ctx.buffers[ctx.buffer(lhs)].shape
-    value = ctx.ref(lhs, space) + sum(ctx.ref(t.args[0], space) for t in biases)
-    ctx.ops.append(Loop(space, ((lhs.name, value),), formulas=(f"{lhs} += bias",)))
+    if len(products) == 1:  # Z = W·X + b·1ᵀ: the product, then the biases added in place
+        _lower(products[0], lhs, ctx)
+        value = ctx.ref(lhs, space) + sum(ctx.ref(t.args[0], space) for t in biases)
+        ctx.ops.append(Loop(space, ((lhs.name, value),), formulas=(f"{lhs} += bias",)))
+        return
+    # A sum of several products (a gradient reaching a value along several paths, as for a
+    # parameter used twice): each product into a buffer of its own, then one entry-wise sum,
+    # which fuses with the loops that read it.
+    value = sum(ctx.ref(t.args[0], space) for t in biases)
+    for k, term in enumerate(products):
+        if not isinstance(term, sp.MatrixSymbol):
+            part = sp.MatrixSymbol(f"{lhs.name}_term{k + 1}", *lhs.shape)
+            _lower(term, part, ctx)
+            term = part
+        value += ctx.ref(term, space)
+    ctx.ops.append(Loop(space, ((lhs.name, value),), formulas=(f"{lhs} = {rhs}",)))
 
 
 def _is_bias(term) -> bool:

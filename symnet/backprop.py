@@ -34,16 +34,23 @@ def gradient_symbol(symbol: sp.MatrixSymbol) -> sp.MatrixSymbol:
 
 def backward(graph: Graph) -> list[sp.Eq]:
     """The backward equations of ``graph``, in the order a sweep computes them."""
-    wanted = {s.name for s in graph.leaves() if s.name in graph.params}
-    defined = {eq.lhs.name for eq in graph.forward}
+    forward = graph.forward
+    # A parameter's gradient is emitted once its last use (first in the forward order) has
+    # contributed: a parameter used in several places gets the sum, in forward order.
+    uses = {s: sum(s in eq.rhs.atoms(sp.MatrixSymbol) for eq in forward)
+            for s in graph.leaves() if s.name in graph.params}
+    defined = {eq.lhs.name for eq in forward}
     contributions: dict[sp.MatrixSymbol, list[sp.MatrixExpr]] = {}
     eqs: list[sp.Eq] = []
-    forward = graph.forward
     prediction = next((eq for eq in forward if eq.lhs.name == "Yhat"), None)
 
     def collect(target: sp.Basic, contribution: sp.MatrixExpr) -> None:
-        if target.name in wanted:
-            eqs.append(sp.Eq(gradient_symbol(target), contribution, evaluate=False))
+        if target in uses:
+            parts = contributions.setdefault(target, [])
+            parts.insert(0, contribution)
+            if len(parts) == uses[target]:
+                del contributions[target]
+                eqs.append(sp.Eq(gradient_symbol(target), _sum(parts), evaluate=False))
         elif target.name in defined:
             contributions.setdefault(target, []).append(contribution)
 
@@ -56,13 +63,15 @@ def backward(graph: Graph) -> list[sp.Eq]:
         if eq.lhs not in contributions:
             continue  # Ŷ of a loss on logits: displayed, not on the gradient's path
         G = gradient_symbol(eq.lhs)
-        parts = contributions.pop(eq.lhs)
-        total = parts[0] if len(parts) == 1 else sp.MatAdd(*parts)
-        eqs.append(sp.Eq(G, total, evaluate=False))
+        eqs.append(sp.Eq(G, _sum(contributions.pop(eq.lhs)), evaluate=False))
         for target, contribution in vjp(eq, G).items():
             collect(target, contribution)
     one_hot = {"Y"} if graph.loss.target_kind == "index" else set()
     return fuse(eqs, one_hot)
+
+
+def _sum(parts: list[sp.MatrixExpr]) -> sp.MatrixExpr:
+    return parts[0] if len(parts) == 1 else sp.MatAdd(*parts, evaluate=False)
 
 
 def derive(model: Module, loss: Loss, optimizer=None) -> Derivation:

@@ -131,3 +131,30 @@ def check_targets(loss, target, batch: int, outputs: int, dtype) -> np.ndarray:
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{loss!r} got targets of dtype {array.dtype}, expected numbers")
     return _convert(array, dtype, where, "targets")
+
+
+def not_finite_message(step: int, value: float, loss=None, prediction=None) -> str:
+    """Why train step ``step`` was refused, in the user's words (every backend says it so).
+
+    ``prediction`` (the step's Ŷ, when the backend has it at hand) lets a loss that needs its
+    prediction in a range (BCELoss: [0, 1]) say that it left it, which no learning rate fixes.
+
+    Example:
+        >>> import numpy as np, symnet as sn
+        >>> print(not_finite_message(3, float("nan"), sn.BCELoss(), np.array([0.5, 1.7])))
+        train step 3: the loss became nan: BCELoss(reduction='mean') needs predictions in \
+[0.0, 1.0], and the model gave 0.5 to 1.7 (end the model with sn.Sigmoid(), or use \
+sn.BCEWithLogitsLoss on its raw outputs); parameters and optimizer state were left unchanged
+    """
+    what = f"the loss became {value}" if not np.isfinite(value) else \
+        f"a gradient became NaN or Inf (loss {value:.6g})"
+    unchanged = "parameters and optimizer state were left unchanged"
+    bounds = getattr(loss, "prediction_range", None)
+    if bounds is not None and prediction is not None and np.size(prediction):
+        low, high = float(np.nanmin(prediction)), float(np.nanmax(prediction))
+        if low < bounds[0] or high > bounds[1]:
+            return (f"train step {step}: {what}: {loss!r} needs predictions in "
+                    f"[{bounds[0]}, {bounds[1]}], and the model gave {low:.3g} to {high:.3g} "
+                    f"(end the model with sn.Sigmoid(), or use sn.BCEWithLogitsLoss on its "
+                    f"raw outputs); {unchanged}")
+    return f"train step {step}: {what}; {unchanged} (lower the learning rate)"

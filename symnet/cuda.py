@@ -47,12 +47,11 @@ from codegen.cache import load_module
 from codegen.ir import Program
 from symnet import kernels
 from symnet.backprop import derive
-from symnet.checks import check_inputs, check_targets
+from symnet.checks import check_inputs, check_targets, not_finite_message
 from symnet.graph import Graph, N
 from symnet.losses import Loss
 from symnet.module import Module, Parameter
 from symnet.optim import Optimizer
-from symnet.step import _not_finite
 
 INSTALL = "pip install 'numba-cuda[cu12]'  (or [cu13] for CUDA 13)"
 
@@ -341,7 +340,7 @@ class CudaTrainStep:
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,
-                 tile: int | None = None, *, check_finite: bool = False):
+                 tile: int | None = None, *, check_finite: bool = True):
         self.cuda = require()
         if [id(p) for p in optimizer.params] != [id(p) for p in model.parameters()] or \
                 len({id(p) for p in model.parameters()}) != len(optimizer.params):
@@ -436,10 +435,12 @@ class CudaTrainStep:
         if self.check_finite:
             value, finite = value
             if not finite:  # no update kernel ran: the device copies are as they were
-                raise FloatingPointError(_not_finite(self.optimizer.step_count + 1, value))
+                prediction = arrays["Yhat"].copy_to_host() if "Yhat" in arrays else None
+                raise FloatingPointError(not_finite_message(
+                    self.optimizer.step_count + 1, value, self.loss, prediction))
         self.optimizer.step_count += 1
         return float(value)
 
     def __repr__(self) -> str:
-        guard = ", check_finite=True" if self.check_finite else ""
+        guard = "" if self.check_finite else ", check_finite=False"
         return f"CudaTrainStep({self.model!r}, {self.loss!r}, {self.optimizer!r}{guard})"

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from symnet import kernels
-from symnet.checks import check_inputs, check_targets
+from symnet.checks import check_inputs, check_targets, not_finite_message
 from symnet.losses import Loss
 from symnet.module import Module
 from symnet.optim import Optimizer
@@ -145,7 +145,7 @@ class DistributedStep:
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, comm=None,
-                 parallel: bool = False, *, check_finite: bool = False, timed: bool = False):
+                 parallel: bool = False, *, check_finite: bool = True, timed: bool = False):
         if [id(p) for p in optimizer.params] != [id(p) for p in model.parameters()] or \
                 len({id(p) for p in optimizer.params}) != len(optimizer.params):
             raise ValueError("DistributedStep: the optimizer must hold exactly "
@@ -189,11 +189,8 @@ class DistributedStep:
             self.comm.Abort(1)
             raise  # Abort does not return; this keeps a mocked comm honest
         if not finite:  # every rank reduced the same buffer, so every rank raises this
-            what = f"the loss became {value}" if not np.isfinite(value) else \
-                f"a gradient became NaN or Inf (loss {value:.6g})"
-            raise FloatingPointError(
-                f"train step {self.optimizer.step_count + 1}: {what}; parameters and "
-                "optimizer state were left unchanged (lower the learning rate)")
+            raise FloatingPointError(not_finite_message(
+                self.optimizer.step_count + 1, value, self.loss))
         return value
 
     def _step(self, inputs, targets) -> tuple[float, bool]:
@@ -234,12 +231,12 @@ class DistributedStep:
     def _buffers(self, count: int) -> list[np.ndarray]:
         """The gradient kernel's arguments after (X, target): parameters, views of the flat
         buffer for their gradients, and intermediates allocated once per shard size."""
-        identity = [id(p.data) for p in self.optimizer.params]
+        identity = [(id(p._host), p._host.shape) for p in self.optimizer.params]
         cached = self._arguments.get(count)
         if cached is None or cached[0] != identity:
             fixed = {}
             for name, p, grad in zip(self._names, self.optimizer.params, self.gradients):
-                fixed[name], fixed["d" + name] = p.data, grad
+                fixed[name], fixed["d" + name] = p.kernel_array(), grad
             args = [fixed[n] if n in fixed else
                     np.empty(kernels._shape(self.program.buffers[n].shape, count), self.dtype)
                     for n in self.program.arguments[2:]]
@@ -250,13 +247,12 @@ class DistributedStep:
         optimizer = self.optimizer
         hyper = {**optimizer.hyperparameters(), "t": optimizer.step_count + 1}
         for p, state, grad in zip(optimizer.params, optimizer.state, self.gradients):
-            name = "update_vector" if p.data.ndim == 1 else "update_matrix"
+            name = "update_vector" if len(p.shape) == 1 else "update_matrix"
             # Scalars in the model's dtype, as the fused step passes them.
             scalars = [hyper[s] if s == "t" else self.dtype(hyper[s])
                        for s in self.updates.programs[name].scalars]
-            self.updates.functions[name](p.data, grad,
-                                         *(state[pre] for pre in optimizer.state_prefixes),
-                                         *scalars)
+            self.updates.functions[name](p.kernel_array(), grad,
+                                         *optimizer.state_arrays(p, state), *scalars)
         optimizer.step_count += 1
 
 

@@ -77,6 +77,15 @@ class _Builder:
         self.used: set[str] = set()
         self.forward: list[sp.Eq] = []
         self.params: dict[str, str] = {}
+        self.symbols: dict[int, sp.MatrixSymbol] = {}  # id(Parameter) → its symbol
+
+    def parameter(self, parameter, name: str, shape: tuple, key: str) -> sp.MatrixSymbol:
+        """The symbol of ``parameter``: new at its first use, the same one at every later use
+        (a module used twice shares its parameters; their gradients then add up)."""
+        if id(parameter) not in self.symbols:
+            self.symbols[id(parameter)] = sp.MatrixSymbol(name, *shape)
+            self.params[name] = key
+        return self.symbols[id(parameter)]
 
     def name(self, base: str) -> str:
         name, k = base, 2
@@ -104,13 +113,12 @@ def _(module: Linear, b: _Builder, key: str) -> None:
                          f"before it, expected {module.in_features}")
     b.layer += 1
     l = b.layer  # noqa: E741 - the seed's layer index
-    W = sp.MatrixSymbol(f"W{l}", module.out_features, module.in_features)
+    W = b.parameter(module.weight, f"W{l}", (module.out_features, module.in_features),
+                    f"{key}.weight")
     rhs = W * b.current
-    b.params[W.name] = f"{key}.weight"
     if module.bias is not None:
-        bias = sp.MatrixSymbol(f"b{l}", module.out_features, 1)
+        bias = b.parameter(module.bias, f"b{l}", (module.out_features, 1), f"{key}.bias")
         rhs = rhs + bias * sp.OneMatrix(1, N)
-        b.params[bias.name] = f"{key}.bias"
     b.emit(f"Z{l}", rhs)
 
 

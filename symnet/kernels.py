@@ -68,10 +68,13 @@ def _shape(shape: tuple, batch: int) -> tuple[int, ...]:
 def structure_key(model: Module, loss: Loss | None, dtype) -> tuple:
     """What decides the equations: layers (with their formulas), loss, dtype — and the
     parameters' state-dict keys, which the unit's graph maps its symbols to (a nested
-    Sequential has the same layers as a flat one but keys '0.0.weight', not '0.weight')."""
+    Sequential has the same layers as a flat one but keys '0.0.weight', not '0.weight'),
+    with which uses share a parameter (each use's index points at the first use's)."""
     layers = tuple((type(m).__name__, repr(m), str(getattr(m, "expr", ""))) for m in
                    model.layers())
-    keys = tuple(name for name, _ in model.named_parameters())
+    first: dict[int, int] = {}
+    keys = tuple((name, first.setdefault(id(p), k)) for k, (name, p) in
+                 enumerate(model.named_parameters(remove_duplicate=False)))
     loss_key = None if loss is None else (type(loss).__name__, loss.reduction, str(loss.expr))
     return layers, keys, loss_key, np.dtype(dtype).name
 
@@ -150,9 +153,11 @@ def step_state(model: Module, optimizer: Optimizer, params: dict[str, str], dtyp
         if parameter.dtype != dtype:
             raise TypeError(f"parameter {key} is {parameter.dtype}; the step was "
                             f"compiled for {np.dtype(dtype).name}: compile again")
-        arrays[name] = (parameter._host, parameter)  # as stored: no copy from the GPU
+        arrays[name] = (parameter.kernel_array(), parameter)  # as stored: no GPU copy
         # dict.items: the stored arrays, also of a `symnet.cuda.DeviceState` (no fetch)
-        for prefix, array in dict.items(optimizer.state[index[id(parameter)]]):
+        state = optimizer.state[index[id(parameter)]]
+        checked = optimizer.state_arrays(parameter, dict(dict.items(state)))
+        for prefix, array in zip(optimizer.state_prefixes, checked):
             arrays[prefix + name] = (array, parameter)
     return arrays
 

@@ -41,6 +41,8 @@ class Loss:
     on_logits = False
     #: the mean divides by the batch size only (class-index losses) or by every entry.
     mean_over_samples_only = False
+    #: the interval the prediction must stay in for ℓ to be finite (BCE's log ŷ, log(1 − ŷ))
+    prediction_range: tuple[float, float] | None = None
 
     def __init__(self, name: str, expr: sp.Expr, pred: sp.Symbol, target: sp.Symbol,
                  reduction: str = "mean", label: str | None = None):
@@ -88,6 +90,7 @@ MSELoss = _builtin("MSELoss", (p - y) ** 2, "Mean squared error, ℓ = (ŷ − y
 BCELoss = _builtin(
     "BCELoss", -(y * sp.log(p) + (1 - y) * sp.log(1 - p)),
     "Binary cross-entropy on probabilities, ℓ = −(y·log ŷ + (1 − y)·log(1 − ŷ)).",
+    prediction_range=(0.0, 1.0),
 )
 BCEWithLogitsLoss = _builtin(
     "BCEWithLogitsLoss", sp.log(1 + sp.exp(p)) - y * p,

@@ -107,8 +107,16 @@ class Parameter:
     """
 
     def __init__(self, data: np.ndarray):
-        self._host = np.ascontiguousarray(data)
+        array = np.asarray(data)
+        if array.dtype.type not in DTYPES:
+            raise TypeError(f"Parameter: dtype must be float32 or float64, got {array.dtype} "
+                            f"(convert with .astype(np.float32))")
+        self._host = np.ascontiguousarray(array)
+        # The declared shape and dtype: fixed, so every kernel call can check the array it
+        # is handed (`kernel_array`) even after in-place numpy changes (``a.shape = …``).
+        self._shape, self._dtype = self._host.shape, self._host.dtype
         self._mirror = None  # a symnet.cuda.Mirror of _host while on the GPU
+        self._owner: tuple | None = None  # (module, name) once a module registers it
         self.grad: np.ndarray | None = None
 
     @property
@@ -120,10 +128,66 @@ class Parameter:
 
     @data.setter
     def data(self, value: np.ndarray) -> None:
-        value = np.ascontiguousarray(value)
-        if self._mirror is not None:  # a new array (shape or dtype may differ): a new copy
+        """New values of the same shape, adopted as a C-contiguous array of the parameter's
+        dtype (a converted copy when needed); any other shape is a ValueError, and nothing
+        changes.  (``module.to(dtype)`` changes the dtype.)"""
+        self._replace(self.checked(value, "data"))
+
+    def checked(self, value, what: str = "values") -> np.ndarray:
+        """``value`` as a C-contiguous array of this parameter's shape and dtype, or a clear
+        error naming the parameter (nothing is changed either way).
+
+        Example:
+            >>> import numpy as np, symnet as sn
+            >>> sn.Linear(4, 16).weight.checked(np.zeros((2, 4)))
+            Traceback (most recent call last):
+            ...
+            ValueError: Linear(4, 16).weight: values of shape (2, 4) given, but the parameter \
+has shape (16, 4) (a parameter's shape is fixed: build a new layer for another shape)
+        """
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as e:  # ragged lists
+            raise ValueError(f"{self._label}: {what} is not a rectangular array: {e}") from None
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"{self._label}: {what} of dtype {array.dtype} given, expected "
+                            f"numbers ({self.dtype})")
+        if array.shape != self._shape:
+            raise ValueError(f"{self._label}: {what} of shape {array.shape} given, but the "
+                             f"parameter has shape {self._shape} (a parameter's shape is fixed: "
+                             f"build a new layer for another shape)")
+        return np.ascontiguousarray(array, dtype=self._dtype)
+
+    @property
+    def _label(self) -> str:
+        """``Linear(4, 16).weight`` once registered (errors name it), else ``Parameter``."""
+        if self._owner is None:
+            return "Parameter"
+        module, name = self._owner
+        return f"{module!r}.{name}" if not isinstance(module, str) else f"{module}.{name}"
+
+    def kernel_array(self) -> np.ndarray:
+        """The stored host array (no copy from the GPU), after checking that it still has the
+        declared shape, dtype and layout: no kernel is handed an array it did not expect."""
+        a = self._host
+        if a.shape != self._shape or a.dtype != self._dtype or not a.flags.c_contiguous:
+            raise ValueError(f"{self._label}: its array was changed in place to shape {a.shape}"
+                             f", dtype {a.dtype}{'' if a.flags.c_contiguous else ', strided'}; "
+                             f"expected C-contiguous {self._dtype} of shape {self._shape} "
+                             f"(assign new values with p.data = …)")
+        return a
+
+    def _replace(self, value: np.ndarray) -> None:
+        """Hold ``value`` (already checked or converted) from now on, on every device."""
+        if self._mirror is not None:  # a new array: a new copy on the GPU
             self._mirror = self._mirror.replaced(value)
         self._host = value
+        self._shape, self._dtype = value.shape, value.dtype
+
+    def _retype(self, dtype) -> None:
+        """Convert to ``dtype`` (`Module.to`), keeping the shape; the gradient follows."""
+        self._replace(np.ascontiguousarray(self.data, dtype=dtype))
+        self.grad = None if self.grad is None else self.grad.astype(dtype)
 
     def _read(self) -> np.ndarray:
         """The current values for reading only (the GPU copy stays valid)."""
@@ -153,19 +217,21 @@ class Parameter:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self._host.shape
+        return self._shape
 
     @property
     def dtype(self) -> np.dtype:
-        return self._host.dtype
+        return self._dtype
 
     def __getstate__(self) -> dict:
         """For pickle and ``copy.deepcopy``: the current values and the device, no GPU handle."""
-        return {"data": self._read(), "grad": self.grad, "device": self.device}
+        return {"data": self._read(), "grad": self.grad, "device": self.device,
+                "owner": None if self._owner is None else (repr(self._owner[0]), self._owner[1])}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["data"])
         self.grad = state["grad"]
+        self._owner = state.get("owner")
         self._move(state["device"])
 
     def __array__(self, dtype=None, copy=None):
@@ -192,12 +258,50 @@ class Module:
     def children(self) -> Iterator[Module]:
         return iter(self.__dict__.get("_modules", {}).values())
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """Yield ``(name, parameter)`` pairs with PyTorch's dotted names."""
+    def register_parameter(self, name: str, parameter: Parameter | None) -> None:
+        """Add ``parameter`` under ``name`` (as PyTorch's); it is then named in its errors.
+
+        Example:
+            >>> import numpy as np, symnet as sn
+            >>> m = sn.Module(); m.register_parameter("scale", sn.Parameter(np.ones(3)))
+            >>> [name for name, _ in m.named_parameters()]
+            ['scale']
+        """
+        if parameter is not None and not isinstance(parameter, Parameter):
+            raise TypeError(f"{type(self).__name__}.register_parameter: {name!r} is "
+                            f"{type(parameter).__name__}, not a symnet Parameter")
+        if parameter is None:
+            self._parameters.pop(name, None)
+            return
+        if parameter._owner is None:
+            parameter._owner = (self, name)
+        self._parameters[name] = parameter
+
+    def named_parameters(self, prefix: str = "", remove_duplicate: bool = True
+                         ) -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(name, parameter)`` pairs with PyTorch's dotted names.
+
+        A parameter reached twice (a module used in two places) is yielded once, under its
+        first name, unless ``remove_duplicate=False`` — as in PyTorch.
+
+        Example:
+            >>> import symnet as sn
+            >>> shared = sn.Linear(2, 2)
+            >>> [n for n, _ in sn.Sequential(shared, sn.Tanh(), shared).named_parameters()]
+            ['0.weight', '0.bias']
+        """
+        seen: set[int] = set()
+        for name, p in self._all_parameters(prefix):
+            if remove_duplicate and id(p) in seen:
+                continue
+            seen.add(id(p))
+            yield name, p
+
+    def _all_parameters(self, prefix: str) -> Iterator[tuple[str, Parameter]]:
         for name, p in self.__dict__.get("_parameters", {}).items():
             yield prefix + name, p
         for name, child in self.__dict__.get("_modules", {}).items():
-            yield from child.named_parameters(prefix + name + ".")
+            yield from child._all_parameters(prefix + name + ".")
 
     def parameters(self) -> list[Parameter]:
         """All parameters, in registration order (PyTorch's order)."""
@@ -228,6 +332,7 @@ class Module:
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Parameters as host numpy arrays (copies) under PyTorch's keys and shapes.
 
+        A parameter used in several places appears under each of its names, as in PyTorch.
         On any device: a cuda model's values are copied back from the GPU, so a checkpoint
         loads into a CPU model, a cuda model or ``torch.nn.Sequential`` alike.
 
@@ -236,7 +341,8 @@ class Module:
             >>> list(sn.Sequential(sn.Linear(3, 2)).state_dict())
             ['0.weight', '0.bias']
         """
-        return OrderedDict((name, np.array(p._read())) for name, p in self.named_parameters())
+        return OrderedDict((name, np.array(p._read()))
+                           for name, p in self.named_parameters(remove_duplicate=False))
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters; every problem is reported before anything changes.
@@ -247,7 +353,7 @@ class Module:
             >>> import symnet as sn
             >>> m = sn.Sequential(sn.Linear(3, 2)); m.load_state_dict(m.state_dict())
         """
-        own = dict(self.named_parameters())
+        own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         problems = []
@@ -274,8 +380,26 @@ class Module:
 
     @property
     def dtype(self) -> type:
-        params = self.parameters()
-        return params[0].dtype.type if params else np.float32
+        """The parameters' dtype (float32 without parameters); a TypeError naming the
+        parameters of each dtype when they differ, since one kernel takes one dtype.
+
+        Example:
+            >>> import numpy as np, symnet as sn
+            >>> m = sn.Sequential(sn.Linear(2, 2), sn.Linear(2, 2, dtype=np.float64))
+            >>> m.dtype
+            Traceback (most recent call last):
+            ...
+            TypeError: Sequential mixes dtypes (0.weight, 0.bias float32; 1.weight, 1.bias \
+float64): convert the whole model with model.to(np.float32) or model.to(np.float64)
+        """
+        names: dict[str, list[str]] = {}  # dtype → its parameters
+        for name, p in self.named_parameters():
+            names.setdefault(p.dtype.name, []).append(name)
+        if len(names) > 1:
+            listed = "; ".join(f"{', '.join(keys)} {dtype}" for dtype, keys in names.items())
+            raise TypeError(f"{type(self).__name__} mixes dtypes ({listed}): convert the whole "
+                            f"model with model.to(np.float32) or model.to(np.float64)")
+        return np.dtype(next(iter(names), "float32")).type
 
     @property
     def device(self) -> str:
@@ -338,8 +462,7 @@ class Module:
         if target is not None:
             for p in self.parameters():
                 if p.dtype != target:
-                    p.data = p.data.astype(target)
-                    p.grad = None if p.grad is None else p.grad.astype(target)
+                    p._retype(target)
         if where == "cuda":
             self._move("cuda")
         return self
@@ -392,10 +515,10 @@ class Linear(Module):
         self.in_features, self.out_features = int(in_features), int(out_features)
         bound = 1.0 / np.sqrt(self.in_features)
         weight = _rng.uniform(-bound, bound, (self.out_features, self.in_features))
-        self._parameters["weight"] = Parameter(weight.astype(dtype))
+        self.register_parameter("weight", Parameter(weight.astype(dtype)))
         if bias:
             b = _rng.uniform(-bound, bound, self.out_features)
-            self._parameters["bias"] = Parameter(b.astype(dtype))
+            self.register_parameter("bias", Parameter(b.astype(dtype)))
 
     @property
     def weight(self) -> Parameter:

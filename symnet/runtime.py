@@ -49,7 +49,7 @@ def forward(model: Module, inputs) -> np.ndarray:
 
 def _parameters(unit, model: Module) -> dict[str, np.ndarray]:
     by_key = dict(model.named_parameters())
-    return {name: by_key[key].data for name, key in unit.graph.params.items()}
+    return {name: by_key[key].kernel_array() for name, key in unit.graph.params.items()}
 
 
 class LossValue:
@@ -100,18 +100,24 @@ def loss_value(loss, output, target) -> LossValue:
 
 
 def optimizer_step(optimizer) -> None:
-    """One update of every parameter that has a gradient (PyTorch skips the others)."""
-    if not any(p.grad is not None for p in optimizer.params):
+    """One update of every parameter that has a gradient (PyTorch skips the others).
+
+    Every gradient is checked first (shape, and finite): a NaN or Inf gradient raises
+    FloatingPointError and changes nothing, as the fused step's ``check_finite`` does.
+    """
+    work = [(p, p.checked(p.grad, "grad"), optimizer.state_arrays(p, state))
+            for p, state in zip(optimizer.params, optimizer.state) if p.grad is not None]
+    if not work:
         return
+    for p, grad, _ in work:
+        if not np.isfinite(grad).all():
+            raise FloatingPointError(
+                f"{type(optimizer).__name__}.step: the gradient of {p._label} contains NaN or "
+                f"Inf; parameters and optimizer state were left unchanged")
     optimizer.step_count += 1
     hyper = {**optimizer.hyperparameters(), "t": optimizer.step_count}
-    for parameter, state in zip(optimizer.params, optimizer.state):
-        if parameter.grad is None:
-            continue
+    for parameter, grad, states in work:
         unit = kernels.optimizer_unit(optimizer, parameter.dtype)
-        name = "update_vector" if parameter.data.ndim == 1 else "update_matrix"
-        program = unit.programs[name]
-        grad = np.ascontiguousarray(parameter.grad, dtype=parameter.dtype)
-        states = [state[prefix] for prefix in optimizer.state_prefixes]
-        scalars = [hyper[s] for s in program.scalars]
-        unit.functions[name](parameter.data, grad, *states, *scalars)
+        name = "update_vector" if len(parameter.shape) == 1 else "update_matrix"
+        scalars = [hyper[s] for s in unit.programs[name].scalars]
+        unit.functions[name](parameter.kernel_array(), grad, *states, *scalars)

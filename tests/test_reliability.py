@@ -56,7 +56,7 @@ def test_non_finite_loss_is_refused_and_training_continues(name):
     model, twin = _model(), _model()
     opt, twin_opt = OPTIMIZERS[name](model.parameters()), OPTIMIZERS[name](twin.parameters())
     step = sn.compile(model, sn.MSELoss(), opt, check_finite=True)
-    twin_step = sn.compile(twin, sn.MSELoss(), twin_opt)  # the unguarded kernel
+    twin_step = sn.compile(twin, sn.MSELoss(), twin_opt, check_finite=False)  # unguarded
     X, Y = _data()
     for _ in range(3):
         assert step(X, Y) == twin_step(X, Y)
@@ -73,7 +73,8 @@ def test_non_finite_loss_is_refused_and_training_continues(name):
 def test_without_check_finite_the_same_step_corrupts_the_parameters():
     """What the guard prevents: the unguarded step applies an infinite update."""
     model = _model()
-    step = sn.compile(model, sn.MSELoss(), sn.optim.SGD(model.parameters(), lr=0.1))
+    step = sn.compile(model, sn.MSELoss(), sn.optim.SGD(model.parameters(), lr=0.1),
+                      check_finite=False)
     X, Y = _data()
     with np.errstate(all="ignore"):
         assert not np.isfinite(step(X, np.full_like(Y, 1e200)))
@@ -142,8 +143,8 @@ def test_lower_refuses_a_check_placed_after_an_update():
 def test_check_finite_off_emits_nothing_and_is_its_own_kernel():
     model = _model()
     opt = sn.optim.SGD(model.parameters(), lr=0.1)
-    plain = sn.compile(model, sn.MSELoss(), opt)
-    guarded = sn.compile(model, sn.MSELoss(), opt, check_finite=True)
+    plain = sn.compile(model, sn.MSELoss(), opt, check_finite=False)
+    guarded = sn.compile(model, sn.MSELoss(), opt)  # the default
     assert "nonfinite" not in plain.source() and "nonfinite" in guarded.source()
     assert not any(isinstance(op, CheckFinite) for op in plain.program.ops)
     assert plain.unit is not guarded.unit

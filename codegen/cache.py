@@ -8,7 +8,9 @@ Files are written atomically (temporary file, fsync, then a hard link that fails
 entry exists): of several processes compiling one model at once the first writer wins, the
 others find its intact file, and a torn file is never seen.  A damaged entry (ours or
 Numba's index and machine code beside it) is detected, rebuilt and reported with a warning.
-Numba's own files are pickles: keep the cache folder private (it is created mode 0o700).
+The folder is a code path: its modules are imported, and Python's bytecode and Numba's index
+files (pickles) in its ``__pycache__`` are loaded.  So it is created mode 0o700, and a folder
+that another user owns or can write to is refused (`UnsafeCacheDir`), never used as is.
 
 Example:
     >>> import tempfile, os
@@ -24,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import stat
 import sys
 import tempfile
 import warnings
@@ -37,15 +40,44 @@ import numpy as np
 FORMAT = "1"
 
 
+class UnsafeCacheDir(PermissionError):
+    """The cache folder, or its ``__pycache__``, is another user's or writable by others."""
+
+
 def cache_dir() -> Path:
-    """The folder for generated modules (created if missing)."""
+    """The folder for generated modules: created private if missing, refused if not private."""
     root = os.environ.get("SYMNET_CACHE_DIR")
     if not root:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
         root = os.path.join(base, "symnet")
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_private(path, path)
+    # Made here, not by Python or Numba under the umask, the __pycache__ is private too. An
+    # older one made under umask 002 is harmless inside a folder no one else can enter.
+    (path / "__pycache__").mkdir(exist_ok=True, mode=0o700)
+    if path.stat().st_mode & (stat.S_IXGRP | stat.S_IXOTH):
+        _check_private(path / "__pycache__", path)
     return path
+
+
+def _check_private(folder: Path, root: Path) -> None:
+    """Refuse a folder that another user owns or can write to: what they put there would run
+    in this process (a planted module, bytecode or Numba pickle)."""
+    if not hasattr(os, "geteuid"):  # Windows: no POSIX owner and mode bits to check
+        return
+    info = folder.stat()
+    if info.st_uid != os.geteuid():
+        problem = f"is owned by another user (uid {info.st_uid}, not {os.geteuid()})"
+        fix = "use a folder of your own"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+        fix = f"run `chmod -R go-w {root}` (or delete it, if others may have written there)"
+    else:
+        return
+    raise UnsafeCacheDir(f"symnet: the kernel cache folder {folder} {problem}, and its files "
+                         f"run as code in this process; {fix}, or set SYMNET_CACHE_DIR to "
+                         f"a private folder")
 
 
 def toolchain() -> dict[str, str]:

@@ -29,6 +29,20 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
+def _check_label(label: str | None, name: str, what: str) -> str:
+    """A label is free text for printing: any printable characters (each printer escapes
+    what is markup in its format), but no newline or other control character, which would
+    forge lines of printed output.  None or empty means the name."""
+    if label is None or label == "":
+        return name
+    if not isinstance(label, str):
+        raise TypeError(f"{what}: label must be a str, got {type(label).__name__}")
+    if not label.isprintable():
+        raise ValueError(f"{what}: label {label!r} must be printable text, without newlines "
+                         f"or other control characters")
+    return label
+
+
 def _check_elementwise(expr: sp.Expr, var: sp.Symbol, what: str) -> sp.Expr:
     expr = sp.sympify(expr)
     if not isinstance(var, sp.Symbol):
@@ -81,7 +95,7 @@ class Activation(Module):
         expr = _check_elementwise(expr, var, f"activation {name!r}")
         # One canonical real variable, so equal formulas derive and cache alike.
         self.expr = expr.xreplace({var: x})
-        self.label = label or name
+        self.label = _check_label(label, name, f"activation {name!r}")
         self.var = x
 
     def __repr__(self) -> str:

@@ -17,9 +17,13 @@ import sympy as sp
 
 from symnet import printing
 
+# Mermaid's entity codes for what would end a quoted label or read as markup; `#` too, so
+# free text such as "#quot;" prints as itself.
+ESCAPES = str.maketrans({"#": "#35;", '"': "#quot;", "<": "#lt;", "&": "#amp;"})
+
 
 def _quote(text: str) -> str:
-    return text.replace('"', "#quot;")
+    return text.translate(ESCAPES)
 
 
 def mermaid(derivation) -> str:

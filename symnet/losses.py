@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from symnet.activations import _check_name, check_closed_form
+from symnet.activations import _check_label, _check_name, check_closed_form
 
 p, y = sp.symbols("p y", real=True)
 REDUCTIONS = ("mean", "sum")
@@ -68,7 +68,7 @@ class Loss:
             raise ValueError(f"{what}: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.expr = expr.xreplace({pred: p, target: y})
         self.reduction = reduction
-        self.label = label or name
+        self.label = _check_label(label, name, what)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"

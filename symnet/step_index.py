@@ -8,7 +8,10 @@ step needs to call it: argument order, scalar names, buffer shapes, which state-
 each parameter symbol stands for, and the number of outputs.
 
 Entries are JSON written atomically; an entry that is unreadable, from another version,
-or points at a missing or damaged module is a miss, and the step is derived again.
+or points at a missing or damaged module is a miss, and the step is derived again.  An entry
+is data, never code: its fields are checked for type, and a buffer dimension is a whole
+number or the batch symbol ``N``, parsed, never given to ``sympify`` (an ``eval``).  Anything
+else marks a damaged entry, reported with a warning and rewritten by the next compile.
 
 Example:
     >>> import tempfile, os
@@ -25,6 +28,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numba
@@ -66,7 +70,8 @@ def store(key: tuple, unit: Unit) -> None:
     record = {"entry": entry_name(unit.source, unit.options), "options": unit.options,
               "name": program.name, "arguments": list(program.arguments),
               "scalars": list(program.scalars), "returns": program.returns,
-              "buffers": {n: [str(d) for d in b.shape] for n, b in program.buffers.items()},
+              "buffers": {n: [_dimension_text(d) for d in b.shape]
+                          for n, b in program.buffers.items()},
               "params": unit.params, "outputs": unit.outputs}
     path = _path(key)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -82,23 +87,75 @@ def store(key: tuple, unit: Unit) -> None:
         raise
 
 
+def _dimension_text(d) -> str:
+    """How a buffer dimension is stored: ``"N"`` or digits, the only forms `_dimension`
+    reads back; a shape of any other form is a bug here, not an entry to write."""
+    text = str(d)
+    _dimension(text)
+    return text
+
+
+def _dimension(text) -> sp.Expr:
+    """A stored dimension, parsed: the batch symbol or a whole number, nothing else."""
+    if text == "N":
+        return N
+    if isinstance(text, str) and text.isascii() and text.isdigit():
+        return sp.Integer(text)
+    raise ValueError(f"buffer dimension {text!r} is neither a whole number nor N")
+
+
+def _names(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# What each field of an entry must hold: a value of any other kind marks a damaged entry.
+FIELDS = {
+    "entry": lambda v: isinstance(v, str), "options": lambda v: isinstance(v, dict),
+    "name": lambda v: isinstance(v, str) and v.isidentifier(),
+    "arguments": _names, "scalars": _names, "returns": lambda v: v is None or isinstance(v, str),
+    "buffers": lambda v: isinstance(v, dict) and all(isinstance(s, list) for s in v.values()),
+    "params": lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
+    "outputs": lambda v: type(v) is int,
+}
+
+
+def _read_entry(path: Path) -> tuple[dict, Program] | None:
+    """The entry at ``path`` and the program signature it describes; None if there is no
+    entry or it is damaged (then with a warning)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        wrong = [k for k, valid in FIELDS.items() if not valid(record[k])]
+        if wrong:
+            raise ValueError(f"fields {', '.join(wrong)} of the wrong kind")
+        buffers = {n: Buffer(n, tuple(_dimension(d) for d in shape))
+                   for n, shape in record["buffers"].items()}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        warnings.warn(f"symnet: step index entry {path} was damaged "
+                      f"({type(error).__name__}: {error}); deriving the step again",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    # The signature only: the ops stay in the source, which is all a hit needs.
+    return record, Program(record["name"], (), tuple(record["arguments"]),
+                           tuple(record["scalars"]), buffers, record["returns"])
+
+
 def lookup(key: tuple, dtype) -> Unit | None:
     """The compiled step stored under ``key``, imported; None on any kind of miss."""
+    found = _read_entry(_path(key))
+    if found is None:
+        return None
+    record, program = found
+    name, options = record["entry"], record["options"]
     try:
-        record = json.loads(_path(key).read_text(encoding="utf-8"))
-        name, options = record["entry"], record["options"]
         text = (cache_dir() / f"{name}.py").read_text(encoding="utf-8")
         stamp, _, source = text.partition("\n")
         if stamp != f"# symnet cache entry {name}" or entry_name(source, options) != name:
-            return None
-        buffers = {n: Buffer(n, tuple(sp.sympify(d, locals={"N": N}) for d in shape))
-                   for n, shape in record["buffers"].items()}
-        # The signature only: the ops stay in the source, which is all a hit needs.
-        program = Program(record["name"], (), tuple(record["arguments"]),
-                          tuple(record["scalars"]), buffers, record["returns"])
+            return None  # compiling it again rewrites the module, with a warning
         module = load_module(source, options)
         return Unit({program.name: program}, {program.name: getattr(module, program.name)},
                     source, dtype, bool(options.get("parallel")), options=options,
-                    params=dict(record["params"]), outputs=int(record["outputs"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, sp.SympifyError):
+                    params=dict(record["params"]), outputs=record["outputs"])
+    except (OSError, ValueError, AttributeError):
         return None

@@ -3,6 +3,7 @@ notation."""
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -199,3 +200,75 @@ def test_mermaid_escapes_quotes():
     source = sn.derive(model, sn.MSELoss()).mermaid()
     labels, _ = _graph(source)  # every label still parses
     assert labels["A1"] == "A1 = say #quot;hi#quot;(Z1)"
+
+
+# --- labels are free text: shown as themselves, never read as markup or as a new line ---
+
+HOSTILE = r"\input{/etc/passwd}\write18{touch /tmp/pwned}"
+
+
+def _labelled(label: str) -> sn.Derivation:
+    model = sn.Sequential(sn.Linear(2, 2), sn.Activation("square", x**2, x, label=label),
+                          sn.Linear(2, 2))
+    return sn.derive(model, sn.MSELoss())
+
+
+@pytest.mark.parametrize("label", ["two\nlines", "carriage\rreturn", "tab\there", "\x1b[2J",
+                                   "rtl\u202eoverride", "line\u2028separator"])
+@pytest.mark.parametrize("declare", [
+    lambda label: sn.Activation("square", x**2, x, label=label),
+    lambda label: sn.Loss("quartic", (x - sp.Symbol("t")) ** 4, x, sp.Symbol("t"), label=label),
+], ids=["Activation", "Loss"])
+def test_a_label_with_a_control_character_is_refused(declare, label):
+    with pytest.raises(ValueError, match="label .* must be printable text"):
+        declare(label)
+
+
+def test_a_label_must_be_text():
+    with pytest.raises(TypeError, match="label must be a str"):
+        sn.Activation("square", x**2, x, label=sp.Symbol("q"))
+
+
+# LaTeX for each label, written by hand: what TeX typesets as the label's own characters.
+@pytest.mark.parametrize("label, tex", [
+    ("ReLU", r"\operatorname{ReLU}"),
+    ("σ", r"\sigma"),
+    ("log_cosh", r"\operatorname{log\_cosh}"),
+    ("50% & $5 #1", r"\operatorname{50\%\ \&\ \$5\ \#1}"),
+    ("a^b~c", r"\operatorname{a\hat{}b\sim{}c}"),
+    (r"\input{x}", r"\operatorname{\backslash{}input\{x\}}"),
+])
+def test_a_label_prints_as_itself_in_latex(label, tex):
+    assert rf"A^{{(1)}} &= {tex}\left(Z^{{(1)}}\right) \\" in _labelled(label).latex()
+
+
+def test_a_hostile_label_is_no_latex_command():
+    tex = _labelled(HOSTILE).latex()
+    # TeX's own reading: a backslash takes a run of letters, or any one other character.
+    tokens = re.findall(r"\\(?:[A-Za-z]+|.)", tex, flags=re.DOTALL)
+    assert not {r"\input", r"\write"} & set(tokens), tokens
+    groups = re.sub(r"\\.", "", tex, flags=re.DOTALL)  # drop \{ and \}: not group braces
+    assert _balanced(groups, ("{}",))  # the label closes no group it did not open
+
+
+def test_a_label_set_after_construction_still_cannot_forge_a_line():
+    # The printers escape each label too: the attribute can be set to anything later.
+    model = sn.Sequential(sn.Linear(2, 2), sn.Tanh(), sn.Linear(2, 2))
+    plain = sn.derive(model, sn.MSELoss())
+    model.layers()[1].label = 'x"]\nBackward\n    Loss ==> X["'
+    forged = sn.derive(model, sn.MSELoss())
+    assert len(str(forged).splitlines()) == len(str(plain).splitlines())
+    assert "  A1 = " + r'x"]\nBackward\n    Loss ==> X["' + "(Z1)" in str(forged).splitlines()
+    assert len(forged.mermaid().splitlines()) == len(plain.mermaid().splitlines())
+    labels, _ = _graph(forged.mermaid())  # one node or edge per line, every label parses
+    assert set(labels) == set(_graph(plain.mermaid())[0])
+
+
+def test_mermaid_labels_show_their_text_and_no_markup():
+    label = 'x"] ==> Loss["<b>bold</b> & #quot; #35;'
+    labels, edges = _graph(_labelled(label).mermaid())
+    assert "<" not in labels["A1"] and ("A1", "Loss") not in edges
+    # Mermaid turns #name; into the HTML entity &name; (its docs, "Entity codes").
+    shown = html.unescape(re.sub(r"#(\w+);", lambda m: "&" + (
+        "#" + m[1] if m[1].isdigit() else m[1]) + ";", labels["A1"]))
+    assert shown == f"A1 = {label}(Z1)"

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -114,3 +115,51 @@ def test_entries_written_by_other_code_are_not_reused(tmp_path, monkeypatch):
     assert step_index.lookup(("a", "key"), np.float32) is not None
     monkeypatch.setattr(step_index, "code_version", lambda: "other code")
     assert step_index.lookup(("a", "key"), np.float32) is None
+
+
+def _planted(marker):
+    return f"__import__('os').system('touch {marker}') or N"
+
+
+@pytest.mark.parametrize("damage", [
+    lambda r, marker: r["buffers"].update(X=[_planted(marker), "5"]),
+    lambda r, marker: r["buffers"].update(X=["2*N", "5"]),  # never written: a product
+    lambda r, marker: r["buffers"].update(X=["N", " 5"]),
+    lambda r, marker: r["buffers"].update(X=["N", 5]),
+    lambda r, marker: r.update(outputs="3"),
+    lambda r, marker: r.update(params=[["W1", "0.weight"]]),
+    lambda r, marker: r.pop("scalars"),
+], ids=["code", "product", "space", "number", "outputs", "params", "missing"])
+def test_an_index_entry_is_data_never_code(damage, tmp_path, monkeypatch):
+    # A planted buffer shape once went through sympify (an eval) and ran. Every field of
+    # an entry is checked instead: a value that is not what store() writes is a damaged
+    # entry, reported and rebuilt, and the step trains as one that was never cached.
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_units", {})
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
+
+    def train():
+        sn.manual_seed(0)
+        model = sn.Sequential(sn.Linear(5, 4, dtype=np.float64), sn.Tanh(),
+                              sn.Linear(4, 3, dtype=np.float64))
+        step = sn.compile(model, sn.CrossEntropyLoss(), sn.optim.SGD(model.parameters(),
+                                                                      lr=0.1))
+        return [step(X, y) for _ in range(3)]
+
+    cold = train()
+    (index,) = tmp_path.glob("step_*.json")
+    record = json.loads(index.read_text())
+    marker = tmp_path / "planted-code-ran"
+    damage(record, marker)
+    index.write_text(json.dumps(record))
+    kernels._units.clear()  # the next compile must read the index on disk
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = train()
+    assert not marker.exists(), "the index entry's text ran as code"
+    assert again == cold
+    assert any("step index entry" in str(w.message) and "damaged" in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+    rebuilt = json.loads(index.read_text())
+    assert all(d == "N" or d.isdigit() for shape in rebuilt["buffers"].values() for d in shape)

@@ -211,3 +211,49 @@ def test_processes_compiling_one_model_at_once_all_succeed_and_agree(cache_dir, 
     entries = list(cache_dir.glob("symnet_*.py"))
     for path in entries:  # each entry intact: its stamp line names it
         assert path.read_text().startswith(f"# symnet cache entry {path.stem}\n")
+
+
+# --- a folder others can write to is a code path: refused, never used as is -------------
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702, 0o1777], ids=oct)
+def test_a_cache_folder_others_can_write_to_is_refused(cache_dir, mode):
+    # Anyone who can write there could plant a module, its bytecode or a Numba pickle, and
+    # it would run here; /tmp's sticky bit (0o1777) does not stop new files either.
+    cache_dir.mkdir()
+    cache_dir.chmod(mode)
+    with pytest.raises(PermissionError, match="writable by other users") as refused:
+        cache.load_module(_unique_source(f"loose-{mode:o}"), OPTIONS)
+    assert f"chmod -R go-w {cache_dir}" in str(refused.value)
+    assert "SYMNET_CACHE_DIR" in str(refused.value)
+    assert os.listdir(cache_dir) == []  # nothing written into it, nothing imported from it
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="giving a folder to another user needs root")
+def test_a_cache_folder_owned_by_another_user_is_refused(cache_dir):
+    cache_dir.mkdir(mode=0o700)
+    os.chown(cache_dir, os.geteuid() + 4242, -1)
+    with pytest.raises(PermissionError, match="owned by another user") as refused:
+        cache.cache_dir()
+    assert "SYMNET_CACHE_DIR" in str(refused.value)
+
+
+def test_a_pycache_others_can_write_to_is_refused_where_they_can_reach_it(cache_dir):
+    # Python's bytecode and Numba's index and machine code live in __pycache__.
+    (cache_dir / "__pycache__").mkdir(parents=True)
+    (cache_dir / "__pycache__").chmod(0o777)
+    cache_dir.chmod(0o755)
+    with pytest.raises(PermissionError, match="__pycache__ is writable by other users"):
+        cache.cache_dir()
+    cache_dir.chmod(0o700)  # no one else can enter the folder: what is inside is safe
+    assert cache.cache_dir() == cache_dir
+
+
+def test_a_new_cache_folder_is_private_whatever_the_umask(cache_dir):
+    previous = os.umask(0)
+    try:
+        cache.load_module(_unique_source("private"), OPTIONS)
+    finally:
+        os.umask(previous)
+    for folder in (cache_dir, cache_dir / "__pycache__"):
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o700), folder

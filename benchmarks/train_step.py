@@ -9,7 +9,8 @@ Usage:
 Rows: 784-128-10 (ReLU, cross-entropy) with SGD and Adam at batch 1, 32, 256, 4096, and
 784-512-512-10 at batch 256, float32; plus ``sn.compile(..., parallel=True)`` rows.  For
 each row the symnet step and a standard PyTorch eager loop (``zero_grad``; ``cross_entropy``;
-``backward``; ``opt.step()``, torch.optim with its default ``foreach``) run in the same
+``backward``; ``opt.step()``, torch.optim with its default ``foreach``; the symnet step with
+``check_finite=False``, since PyTorch checks nothing either) run in the same
 process, in interleaved timing blocks of k steps each (so both see the same machine noise),
 after a warm-up; the table gives the median over the blocks.  ``torch.set_num_threads`` is
 set to the thread count of the BLAS the compiled step calls (`codegen.blas.choice`: NumPy's
@@ -93,7 +94,7 @@ rng = np.random.default_rng(0)
 X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
 y = rng.integers(0, sizes[-1], batch)
 t2 = time.perf_counter()
-step = sn.compile(model, sn.CrossEntropyLoss(), opt)
+step = sn.compile(model, sn.CrossEntropyLoss(), opt, check_finite=False)
 t3 = time.perf_counter()
 loss = step(X, y)
 t4 = time.perf_counter()
@@ -169,7 +170,8 @@ def symnet_step(sizes, optimizer, parallel):
 
     model = symnet_mlp(sizes)
     opt = symnet_optimizer(optimizer, model.parameters())
-    return model, sn.compile(model, sn.CrossEntropyLoss(), opt, parallel=parallel)
+    return model, sn.compile(model, sn.CrossEntropyLoss(), opt, parallel=parallel,
+                             check_finite=False)
 
 
 def torch_step(sizes, optimizer, sn_model, X, y):

@@ -435,7 +435,8 @@ class CudaTrainStep:
         if self.check_finite:
             value, finite = value
             if not finite:  # no update kernel ran: the device copies are as they were
-                prediction = arrays["Yhat"].copy_to_host() if "Yhat" in arrays else None
+                wanted = self.loss.prediction_range is not None and "Yhat" in arrays
+                prediction = arrays["Yhat"].copy_to_host() if wanted else None
                 raise FloatingPointError(not_finite_message(
                     self.optimizer.step_count + 1, value, self.loss, prediction))
         self.optimizer.step_count += 1

@@ -33,7 +33,7 @@ def _cpu(model, loss, optimizer) -> str:
 def _cuda(model, loss, optimizer) -> str:
     # The same derivation, lowering and header as symnet.cuda.CudaTrainStep, minus the
     # import of the rendered module (which needs numba.cuda and a GPU or the simulator).
-    program = kernels.step_program(sn.derive(model, loss, optimizer), loss)
+    program = kernels.step_program(sn.derive(model, loss, optimizer), loss, check_finite=True)
     return cuda_render.render_module(
         [program], N, model.dtype, cuda_render.TILE,
         header=f"symnet CUDA train step: {model!r}, {loss!r}, {optimizer!r}")

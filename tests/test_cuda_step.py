@@ -296,8 +296,8 @@ def test_check_finite_refuses_the_step_and_the_next_one_matches_cpu(case, assert
 def test_check_finite_off_emits_no_check_and_on_adds_one_kernel():
     model, loss, opt = _setup("relu", "ce", "adam", "f32")
     model.to("cuda")
-    plain = CudaTrainStep(model, loss, opt, tile=TILE)
-    guarded = CudaTrainStep(model, loss, opt, tile=TILE, check_finite=True)
+    plain = CudaTrainStep(model, loss, opt, tile=TILE, check_finite=False)
+    guarded = CudaTrainStep(model, loss, opt, tile=TILE)  # the default
     for text in ("nonfinite", "check_finite", ", True", ", False"):
         assert text not in plain.source(), text
     assert guarded.source().count("def check_finite(") == 1
@@ -308,4 +308,27 @@ def test_check_finite_off_emits_no_check_and_on_adds_one_kernel():
     loss_value = plain(X, y)
     assert isinstance(loss_value, float) and opt.step_count == 1
     assert guarded(X, y) < loss_value and opt.step_count == 2
-    assert "check_finite=True" in repr(guarded) and "check_finite" not in repr(plain)
+    assert "check_finite=False" in repr(plain) and "check_finite" not in repr(guarded)
+
+
+@needs_cuda
+def test_a_module_used_twice_matches_cpu(assert_close):
+    """A shared Linear's gradient is the sum over its two uses on the GPU as on the CPU
+    (whose sum is checked against torch in test_reliability_params)."""
+    def setup():
+        sn.manual_seed(0)
+        shared = sn.Linear(4, 4)
+        model = sn.Sequential(sn.Linear(5, 4), sn.Tanh(), shared, sn.Tanh(), shared,
+                              sn.Linear(4, 3)).to(np.float64)
+        return model, sn.CrossEntropyLoss(), sn.optim.Adam(model.parameters(), lr=0.01)
+
+    (model, loss_fn, opt), (ref_model, ref_loss, ref_opt) = setup(), setup()
+    gpu = CudaTrainStep(model.to("cuda"), loss_fn, opt, tile=TILE)
+    cpu = _cpu_step(ref_model, ref_loss, ref_opt)
+    for k, (X, y) in enumerate(_batches("ce", "f64")):
+        assert_close(gpu(X, y), cpu(X, y), 1e-10, f"loss at step {k + 1}")
+    gpu.sync()
+    expected = _state(ref_model, ref_opt)
+    for name, array in _state(model, opt).items():
+        assert_close(array, expected[name], 1e-10, name)
+    assert len(model.parameters()) == 6

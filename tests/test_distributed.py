@@ -52,7 +52,7 @@ def mpirun(ranks: int, *args: str, timeout: float = 90) -> subprocess.CompletedP
 def reference(case: str) -> tuple[dict, list[float]]:
     """One process, the fused compiled step, rank 0's initial weights, the same batches."""
     loss, optimizer = dp_step.CASES[case]
-    net = dp_step.model(dp_step.SEED)
+    net = dp_step.model(dp_step.SEED, case)
     step = sn.compile(net, loss(), optimizer(net.parameters()))
     losses = [step(X, y) for X, y in dp_step.global_batches(case)]
     return net.state_dict(), losses
@@ -76,7 +76,7 @@ def test_two_ranks_match_one_process_fused_step(two_rank_run, case, assert_close
         for key, expected in params.items():
             assert_close(result[key], expected, 1e-10, f"{case} rank {r} {key}")
     # the run really trained: the weights moved away from the initial ones
-    initial = dp_step.model(dp_step.SEED).state_dict()
+    initial = dp_step.model(dp_step.SEED, case).state_dict()
     assert not np.allclose(params["0.weight"], initial["0.weight"], atol=1e-3)
 
 

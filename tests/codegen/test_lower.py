@@ -193,9 +193,29 @@ def test_a_weight_of_one_input_is_stored_as_a_matrix():
     np.testing.assert_allclose(out["W1"], updated, rtol=1e-13)
 
 
+def test_a_sum_of_products_and_biases_is_each_term_then_one_loop():
+    """``dW = dZ·Xᵀ + dV·Uᵀ`` (a parameter used twice) and ``Z = W·X + V·X + b·1ᵀ``: every
+    product into its own buffer, then one entry-wise sum; checked against numpy."""
+    V, dV = sp.MatrixSymbol("V", OUT, IN), sp.MatrixSymbol("dV", OUT, N)
+    U = sp.MatrixSymbol("U", IN, N)
+    eqs = [_eq(Z, W * X + V * X + b * sp.OneMatrix(1, N)),
+           _eq(dW, dZ * X.T + dV * U.T), _eq(db, dZ * sp.OneMatrix(N, 1) + dV * sp.OneMatrix(N, 1))]
+    program = lower("f", eqs, N, leading=("X",), keep=frozenset({"Z1", "dW1", "db1"}))
+    assert sum(isinstance(op, MatMul) for op in program.ops) == 4
+    rng = np.random.default_rng(3)
+    x, u = rng.standard_normal((BATCH, IN)), rng.standard_normal((BATCH, IN))
+    weight, other = rng.standard_normal((OUT, IN)), rng.standard_normal((OUT, IN))
+    bias, grad, grad2 = (rng.standard_normal(OUT), rng.standard_normal((BATCH, OUT)),
+                         rng.standard_normal((BATCH, OUT)))
+    _, out = _run(program, {"X": x, "U": u, "W1": weight, "V": other, "b1": bias,
+                            "dZ1": grad, "dV": grad2})
+    np.testing.assert_allclose(out["Z1"], x @ weight.T + x @ other.T + bias, rtol=1e-13)
+    np.testing.assert_allclose(out["dW1"], grad.T @ x + grad2.T @ u, rtol=1e-13)
+    np.testing.assert_allclose(out["db1"], grad.sum(0) + grad2.sum(0), rtol=1e-13)
+
+
 @pytest.mark.parametrize("eq", [
     _eq(Z, W * X * sp.MatrixSymbol("Q", N, N)),
-    _eq(Z, W * X + sp.MatrixSymbol("V", OUT, IN) * X),
     _eq(sp.MatrixSymbol("T", IN, OUT), Softmax(sp.MatrixSymbol("U", IN, OUT))),
 ])
 def test_unsupported_forms_raise_type_errors(eq):

@@ -28,11 +28,17 @@ CASES = {
                      lambda p: sn.optim.SGD(p, lr=0.1, momentum=0.9)),
     "adam": (lambda: sn.CrossEntropyLoss(), lambda p: sn.optim.Adam(p, lr=0.01)),
     "sgd_mse_sum": (lambda: sn.MSELoss(reduction="sum"), lambda p: sn.optim.SGD(p, lr=0.01)),
+    # a module used twice: its gradient is the sum over both uses, reduced once
+    "shared_adam": (lambda: sn.CrossEntropyLoss(), lambda p: sn.optim.Adam(p, lr=0.01)),
 }
 
 
-def model(seed: int) -> sn.Module:
+def model(seed: int, case: str = "") -> sn.Module:
     sn.manual_seed(seed)
+    if case.startswith("shared"):
+        shared = sn.Linear(16, 16)
+        return sn.Sequential(sn.Linear(6, 16), sn.Tanh(), shared, sn.Tanh(), shared,
+                             sn.Linear(16, 3)).to(np.float64)
     return sn.Sequential(sn.Linear(6, 16), sn.Tanh(), sn.Linear(16, 3)).to(np.float64)
 
 
@@ -51,7 +57,7 @@ def main(out: str, bad_rank: int | None, cases: tuple[str, ...] = tuple(CASES)) 
     me = rank()
     for case in cases:
         loss, optimizer = CASES[case]
-        net = model(SEED + me)
+        net = model(SEED + me, case)
         broadcast_parameters(net)
         step = DistributedStep(net, loss(), optimizer(net.parameters()))
         losses = []

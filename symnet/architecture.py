@@ -72,6 +72,21 @@ class Architecture:
             modules.append(final())
         return Sequential(*modules)
 
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The names and shapes of `model`'s ``state_dict``, without allocating anything.
+
+        A checkpoint's tensors are checked against these before a model is built for it.
+
+        Example:
+            >>> Architecture((4, 8, 3)).parameter_shapes()
+            {'0.weight': (8, 4), '0.bias': (8,), '2.weight': (3, 8), '2.bias': (3,)}
+        """
+        shapes = {}
+        for k, (fan_in, fan_out) in enumerate(zip(self.layers, self.layers[1:])):
+            shapes[f"{2 * k}.weight"] = (fan_out, fan_in)  # Linear k sits after k activations
+            shapes[f"{2 * k}.bias"] = (fan_out,)
+        return shapes
+
     def loss_function(self, reduction: str = "mean") -> losses.Loss:
         return LOSSES[self.loss][0](reduction=reduction)
 

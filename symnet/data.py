@@ -21,7 +21,7 @@ import dataclasses
 import gzip
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -31,8 +31,8 @@ import numpy as np
 from symnet.module import check_dtype
 
 __all__ = [
-    "DATASETS", "Dataset", "batches", "load_csv", "load_dataset", "load_digits", "load_mnist5k",
-    "mnist5k_path", "standardize", "train_test_split",
+    "DATASETS", "Dataset", "batches", "guess_task", "load_csv", "load_dataset", "load_digits",
+    "load_mnist5k", "mnist5k_path", "standardize", "train_test_split",
 ]
 
 
@@ -40,7 +40,8 @@ __all__ = [
 class Dataset:
     """Features ``X`` (float, ``(n, features)``, C-contiguous) and targets ``y``.
 
-    Classification: ``y`` holds int64 class indices ``0..classes-1``, shape ``(n,)``.
+    Classification: ``y`` holds int64 class indices ``0..classes-1``, shape ``(n,)``;
+    ``labels[i]`` is the value class ``i`` stands for in a CSV file.
     Regression: ``classes == 0`` and ``y`` is float, shape ``(n,)`` or ``(n, k)``.
     Equality is identity (``eq=False``): arrays have no single truth value.
 
@@ -55,6 +56,12 @@ class Dataset:
     y: np.ndarray
     name: str
     classes: int
+    #: a CSV file's feature columns, in the order of ``X``'s columns (None: bundled data)
+    features: tuple[str, ...] | None = None
+    #: the target value of each class index (None: the indices are the labels, or regression)
+    labels: tuple[int | float, ...] | None = None
+    #: why `load_csv` chose the task, when it had to guess it ("" when it was given)
+    guess: str = ""
 
     def __post_init__(self) -> None:
         if self.X.ndim != 2:
@@ -150,26 +157,47 @@ def load_mnist5k(dtype=np.float32) -> Dataset:
     return Dataset(X, y, "mnist5k", 10)
 
 
-def load_csv(path: str | os.PathLike[str], target: str, dtype=np.float32) -> Dataset:
+TASKS = ("classification", "regression")
+#: a target of whole numbers with at most this many distinct values is guessed to be classes
+GUESSED_CLASSES_AT_MOST = 20
+
+
+def load_csv(path: str | os.PathLike[str], target: str, dtype=np.float32, *,
+             task: str | None = None, features: Sequence[str] | None = None,
+             labels: Sequence[float] | None = None) -> Dataset:
     """Read a CSV file with a header row; ``target`` names the label column.
 
-    Every other column is a numeric feature.  If every target cell is an integer literal
-    (``"3"``, ``"-1"``; not ``"3.0"``) the task is classification: labels are remapped to
-    ``0..k-1`` in sorted order of the original values and ``classes = k``.  Otherwise it is
-    regression: ``y`` is float of ``dtype`` and ``classes = 0``.  Blank lines are skipped.
+    Every other column is a numeric feature, in file order.  ``task`` is ``"classification"``
+    or ``"regression"``; None guesses it with `guess_task` and says why in ``Dataset.guess``.
+    Classification maps each target value to its index among the distinct values in sorted
+    order (``"1"`` and ``"1.0"`` are one class); ``Dataset.labels`` lists those values.
+    Regression gives float ``y`` of ``dtype`` and ``classes = 0``.  Blank lines are skipped.
+
+    To read a file for a model trained on another one, pass what that model recorded:
+    ``features`` (the columns, in the model's order: the file must hold exactly these, in any
+    order) and ``labels`` (the class values: every target must be one of them, and keeps its
+    class index even when some classes do not occur).
+
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming the file and
-    the line / column / value) for an empty file, an unknown target, ragged rows, non-numeric
-    or non-finite cells, or no data rows.
+    the line / column / value) for an empty file, an unknown target, duplicate columns, ragged
+    rows, non-numeric or non-finite cells, no data rows, or columns and labels that do not
+    match ``features`` and ``labels``.
 
     Example:
         >>> import pathlib, tempfile
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "toy.csv"
         >>> _ = f.write_text("a,b,label\\n1,2,7\\n3,4,5\\n5,6,7\\n")
         >>> d = load_csv(f, target="label")
-        >>> d.X.tolist(), d.y.tolist(), d.classes, d.name
-        ([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [1, 0, 1], 2, 'toy')
+        >>> d.X.tolist(), d.y.tolist(), d.classes, d.labels, d.features, d.name
+        ([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [1, 0, 1], 2, (5, 7), ('a', 'b'), 'toy')
+        >>> d.guess
+        "target 'label' holds 2 distinct whole numbers"
+        >>> load_csv(f, target="label", features=["b", "a"], labels=[3, 5, 7]).X[0].tolist()
+        [2.0, 1.0]
     """
     dtype = check_dtype(dtype)
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     path = Path(path)
     where = str(path)
     with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -183,15 +211,19 @@ def load_csv(path: str | os.PathLike[str], target: str, dtype=np.float32) -> Dat
                 f"{where}: target column {target!r} not in header; available columns: "
                 f"{', '.join(repr(c) for c in columns)}"
             )
-        if columns.count(target) > 1:
-            raise ValueError(f"{where}: target column {target!r} appears more than once")
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise ValueError(f"{where}: column {twice[0]!r} appears more than once in the header")
         t = columns.index(target)
-        features = [i for i in range(len(columns)) if i != t]
-        if not features:
+        names = [c for c in columns if c != target] if features is None else list(features)
+        if not names:
             raise ValueError(f"{where}: no feature columns besides target {target!r}")
+        _check_columns(where, [c for c in columns if c != target], names)
+        order = [columns.index(c) for c in names]
 
         rows: list[list[float]] = []
-        labels: list[str] = []
+        targets: list[float] = []
+        lines: list[int] = []
         for row in reader:
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # blank line
@@ -200,21 +232,75 @@ def load_csv(path: str | os.PathLike[str], target: str, dtype=np.float32) -> Dat
                 raise ValueError(
                     f"{where}: line {line} has {len(row)} fields, header has {len(columns)}"
                 )
-            rows.append([_number(row[i], where, line, columns[i]) for i in features])
-            _number(row[t], where, line, target)
-            labels.append(row[t].strip())
+            rows.append([_number(row[i], where, line, columns[i]) for i in order])
+            targets.append(_number(row[t], where, line, target))
+            lines.append(line)
     if not rows:
         raise ValueError(f"{where}: no data rows after the header")
 
     X = np.ascontiguousarray(np.array(rows, dtype=np.float64), dtype=dtype)
-    name = path.stem
-    as_int = _integers(labels)
-    if as_int is not None:
-        values = np.array(as_int, dtype=np.int64)
-        uniques = np.unique(values)
-        return Dataset(X, np.searchsorted(uniques, values).astype(np.int64), name, len(uniques))
-    y = np.array([float(v) for v in labels], dtype=dtype)
-    return Dataset(X, y, name, 0)
+    values = np.array(targets, dtype=np.float64)
+    guess = ""
+    if labels is not None:
+        task = "classification"
+    elif task is None:
+        task, guess = guess_task(values, target)
+    if task == "regression":
+        return Dataset(X, values.astype(dtype), path.stem, 0, tuple(names), None, guess)
+    if labels is None:
+        labels = tuple(_label(v) for v in np.unique(values))
+    index = {float(v): i for i, v in enumerate(labels)}
+    unknown = [k for k, v in enumerate(targets) if v not in index]
+    if unknown:
+        k = unknown[0]
+        raise ValueError(f"{where}: line {lines[k]}, column {target!r}: label "
+                         f"{_label(targets[k])} is not one of the model's classes "
+                         f"{_listed(labels)}")
+    y = np.array([index[v] for v in targets], dtype=np.int64)
+    return Dataset(X, y, path.stem, len(labels), tuple(names), tuple(labels), guess)
+
+
+def guess_task(values: np.ndarray, target: str = "target") -> tuple[str, str]:
+    """``("classification" | "regression", why)`` for a target column's values.
+
+    Whole numbers (``3``, ``-1``, ``3.0``) with at most `GUESSED_CLASSES_AT_MOST` distinct
+    values are classes; anything else is regression.  A guess can be wrong either way: the
+    reason is meant to be shown, with a way to say otherwise.
+
+    Example:
+        >>> guess_task(np.array([0.0, 1.0, 1.0]), "y")
+        ('classification', "target 'y' holds 2 distinct whole numbers")
+        >>> guess_task(np.arange(104.0), "age")[1]
+        "target 'age' holds 104 distinct whole numbers, more than 20"
+    """
+    distinct = len(np.unique(values))
+    if not np.all(values == np.round(values)):
+        return "regression", f"target {target!r} holds numbers that are not whole"
+    if distinct > GUESSED_CLASSES_AT_MOST:
+        return "regression", (f"target {target!r} holds {distinct} distinct whole numbers, "
+                              f"more than {GUESSED_CLASSES_AT_MOST}")
+    return "classification", f"target {target!r} holds {distinct} distinct whole numbers"
+
+
+def _check_columns(where: str, found: list[str], wanted: list[str]) -> None:
+    """The feature columns must be ``wanted``, in any order: name what is missing or extra."""
+    missing = [c for c in wanted if c not in found]
+    extra = [c for c in found if c not in wanted]
+    if missing or extra:
+        parts = ([f"lacks {_listed(missing)}"] if missing else []) + (
+            [f"has columns the model does not know: {_listed(extra)}"] if extra else [])
+        raise ValueError(f"{where}: the model's feature columns are {_listed(wanted)}; "
+                         f"this file {' and '.join(parts)}")
+
+
+def _label(value: float) -> int | float:
+    """A class value as it reads in the file: whole numbers as ints."""
+    return int(value) if value == round(value) and abs(value) < 2**53 else float(value)
+
+
+def _listed(items: Sequence, most: int = 8) -> str:
+    shown = ", ".join(repr(x) for x in list(items)[:most])
+    return f"[{shown}{f', … {len(items) - most} more' if len(items) > most else ''}]"
 
 
 def _number(cell: str, where: str, line: int, column: str) -> float:
@@ -228,14 +314,6 @@ def _number(cell: str, where: str, line: int, column: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{where}: line {line}, column {column!r}: non-finite value {cell!r}")
     return value
-
-
-def _integers(cells: list[str]) -> list[int] | None:
-    """The cells as ints if every one is an integer literal, else None."""
-    try:
-        return [int(c) for c in cells]
-    except ValueError:
-        return None
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {"digits": load_digits, "mnist5k": load_mnist5k}

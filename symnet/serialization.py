@@ -7,6 +7,7 @@ optimizer state with JSON ``meta``, the non-tensor parts as JSON strings in ``__
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -117,6 +118,8 @@ def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     def fail(problem: str) -> ValueError:
         return ValueError(f"{name!s}: not a valid safetensors file: {problem}")
 
+    if os.path.isdir(name):
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a safetensors file", name)
     with open(name, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
@@ -130,6 +133,8 @@ def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_unique)
         except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise fail(f"header is not valid UTF-8 JSON ({e})") from None
+        except RecursionError:
+            raise fail("header JSON is nested too deeply") from None
         if not isinstance(header, dict):
             raise fail(f"header is a JSON {type(header).__name__}, not an object")
         metadata = header.pop("__metadata__", None) or {}
@@ -187,9 +192,20 @@ def _encode(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
+def _json(s: str, hook=_unique):
+    try:
+        return json.loads(s, object_pairs_hook=hook)
+    except RecursionError:  # json recurses once per level: damaged metadata, not a crash
+        raise ValueError("JSON nested too deeply") from None
+
+
 def _loads(s: str):
-    return json.loads(s, object_hook=lambda d: tuple(d["__tuple__"]) if d.keys() == {"__tuple__"}
-                      else d)
+    return _json(s, _decoded)
+
+
+def _decoded(pairs: list):
+    obj = _unique(pairs)
+    return tuple(obj["__tuple__"]) if obj.keys() == {"__tuple__"} else obj
 
 
 def save(obj: Mapping, path) -> None:
@@ -244,14 +260,14 @@ def load(path) -> dict:
     if meta["symnet.format"] != _FORMAT:
         raise ValueError(f"{path}: unsupported symnet format {meta['symnet.format']!r}")
     try:
-        keys = json.loads(meta["symnet.keys"])
+        keys = _json(meta["symnet.keys"])
         if not isinstance(keys, list) or len(keys) != len(tensors) or set(keys) != set(tensors):
             raise ValueError("symnet.keys does not match the stored tensors")
         ordered = OrderedDict((k, tensors[k]) for k in keys)
         if meta["symnet.kind"] == "state_dict":
             return ordered
         out = {}
-        for part in json.loads(meta["symnet.parts"]):
+        for part in _json(meta["symnet.parts"]):
             sub = OrderedDict((k.split(".", 1)[1], v) for k, v in ordered.items()
                               if k.startswith(f"{part}."))
             out[part] = sub if part == "model" else _loads(meta[f"symnet.{part}"])

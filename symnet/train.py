@@ -1,8 +1,9 @@
 """Training and evaluation on bundled or CSV data: what ``symnet train`` / ``evaluate`` run.
 
 A fixed seed fixes everything: initial weights, the 80/20 split, the batch order.  The
-checkpoint carries the architecture and the feature scaling in its metadata, so
-``evaluate`` rebuilds the model from the file alone.  It also carries the run's `Progress`
+checkpoint carries the architecture, the feature scaling and, for a CSV file, the feature
+columns and class labels in its metadata, so ``evaluate`` rebuilds the model from the file
+alone and reads another CSV file by column name.  It also carries the run's `Progress`
 (epoch, batch, the batch-order generator's state), so ``resume=True`` continues a killed
 run and ends bit-identical to one that was never interrupted.
 
@@ -16,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +26,8 @@ import numpy as np
 
 import symnet as sn
 from symnet.architecture import Architecture
-from symnet.checkpoint import Progress, restore, save_checkpoint
-from symnet.data import Dataset, batches, load_csv, load_dataset, train_test_split
+from symnet.checkpoint import Progress, load_model, restore, save_checkpoint
+from symnet.data import TASKS, Dataset, batches, load_csv, load_dataset, train_test_split
 
 OPTIMIZERS = sn.optim.BY_NAME
 
@@ -48,6 +50,7 @@ class TrainConfig:
     device: str = "cpu"
     max_steps: int | None = None
     distributed: bool = False  # data-parallel over MPI ranks (symnet.distributed)
+    task: str | None = None  # a CSV file's: "classification", "regression"; None: guess
 
 
 @dataclass
@@ -64,6 +67,8 @@ class TrainResult:
     scaling: dict = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)  # per step, this process's steps only
     progress: Progress = field(default_factory=Progress)
+    features: tuple[str, ...] | None = None  # a CSV file's feature columns, in input order
+    labels: tuple[int | float, ...] | None = None  # a CSV file's value of each class index
 
 
 class Diverged(FloatingPointError):
@@ -74,13 +79,44 @@ class Diverged(FloatingPointError):
         self.result = result
 
 
-def load_data(dataset: str, csv: str | None, target: str | None, dtype) -> Dataset:
-    """The bundled data set by name, or a user's CSV file (with its target column)."""
+def load_data(dataset: str, csv: str | None, target: str | None, dtype, task: str | None = None,
+              features=None, labels=None) -> Dataset:
+    """The bundled data set by name, or a user's CSV file (with its target column).
+
+    ``task``, ``features`` and ``labels`` are `load_csv`'s; a bundled data set is
+    classification, and ``task="regression"`` for one is refused.
+    """
     if csv is not None:
         if not target:
             raise ValueError("--csv needs --target naming the label column")
-        return load_csv(csv, target, dtype=dtype)
+        return load_csv(csv, target, dtype=dtype, task=task, features=features, labels=labels)
+    if task == "regression":
+        raise ValueError(f"--task regression: the bundled data set {dataset!r} is "
+                         f"classification; --task is for --csv files")
     return load_dataset(dataset, dtype=dtype)
+
+
+def check_writable(path: str, flag: str, in_place: bool = False) -> None:
+    """Refuse, before a run starts, a path its end could not write (``flag`` names it).
+
+    The folder must exist and be writable (`symnet.serialization.save_file` writes a
+    temporary file there and renames it); ``in_place`` writers also need an existing file
+    to be writable.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    problem = None
+    if os.path.isdir(path):
+        problem = "it is a directory"
+    elif not os.path.exists(folder):
+        problem = f"the directory {folder} does not exist"
+    elif not os.path.isdir(folder):
+        problem = f"{folder} is not a directory"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"the directory {folder} is not writable"
+    elif in_place and os.path.exists(path) and not os.access(path, os.W_OK):
+        problem = "the file is not writable"
+    if problem:
+        raise ValueError(f"{flag} {path}: cannot write there: {problem}")
 
 
 def scaling_of(train: Dataset) -> dict:
@@ -98,7 +134,10 @@ def scale(X: np.ndarray, scaling: dict) -> np.ndarray:
 
 def accuracy(model: sn.Module, data: Dataset, scaling: dict, loss: str) -> float:
     """Fraction classified correctly (classification) or −MSE (regression)."""
-    out = model(scale(data.X, scaling))
+    return _score(model(scale(data.X, scaling)), data)
+
+
+def _score(out: np.ndarray, data: Dataset) -> float:
     if data.classes:
         return float((out.argmax(axis=1) == data.y).mean())
     return -float(((out.reshape(data.y.shape) - data.y) ** 2).mean())
@@ -128,6 +167,8 @@ def _check(config: TrainConfig, save: str | None, checkpoint_every: int | None,
     if config.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from "
                          f"{', '.join(OPTIMIZERS)}")
+    if config.task is not None and config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose from {', '.join(TASKS)}")
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be positive")
     if config.max_steps is not None and config.max_steps < 1:
@@ -214,10 +255,18 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
     root = _is_root(config)
     if not root:  # another rank of --distributed: it trains; rank 0 prints and writes files
         log, progress = (lambda line: None), False
+    if save and root:
+        check_writable(save, "--save")  # now, not after the whole run
     dtype = np.dtype(config.dtype).type
-    data = load_data(config.dataset, config.csv, config.target, dtype)
+    data = load_data(config.dataset, config.csv, config.target, dtype, config.task)
+    if data.guess:
+        task = "classification" if data.classes else "regression"
+        other = "regression" if data.classes else "classification"
+        log(f"task: {task}, guessed: {data.guess} (--task {other} to override)")
     train_set, test_set = train_test_split(data, 0.2, config.seed)
     arch = _architecture(config, data)
+    n, size = len(train_set), config.batch_size
+    per_epoch = math.ceil(n / size)
     sn.manual_seed(config.seed)
     model = arch.model()
     lr = config.lr if config.lr is not None else (1e-3 if config.optimizer != "sgd" else 0.05)
@@ -225,15 +274,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
     rng = np.random.default_rng(config.seed)
     state = Progress(rng=rng.bit_generator.state)
     if resume:
-        state = restore(save, config, model, optimizer)
+        state = restore(save, config, arch, model, optimizer, per_epoch)
     step = _compile(model, arch.loss_function(), optimizer, config.device, config.distributed)
     scaling = scaling_of(train_set)
     X = scale(train_set.X, scaling)
     y = train_set.y if data.classes else train_set.y.reshape(len(train_set), -1)
-    result = TrainResult(model, optimizer, arch, 0.0, state.history, scaling, progress=state)
+    result = TrainResult(model, optimizer, arch, 0.0, state.history, scaling, progress=state,
+                         features=data.features, labels=data.labels)
     metric = "test accuracy" if data.classes else "test −MSE"
-    n, size = len(train_set), config.batch_size
-    per_epoch = math.ceil(n / size)
 
     def checkpoint() -> None:
         _sync(step)
@@ -295,17 +343,23 @@ def _diverged(error: FloatingPointError, state: Progress, per_epoch: int, result
 
 def evaluate_checkpoint(path: str, dataset: str = "digits", csv: str | None = None,
                         target: str | None = None) -> float:
-    """Rebuild the model from ``path`` alone and score it on the same seeded test split."""
-    bundle = sn.load(path)
-    if not isinstance(bundle, dict) or "meta" not in bundle or "model" not in bundle:
-        raise ValueError(f"{path}: not a symnet training checkpoint (no architecture metadata)")
-    meta = bundle["meta"]
-    arch = Architecture.from_dict(meta["architecture"])
-    model = arch.model()
-    model.load_state_dict(bundle["model"])
-    data = load_data(dataset, csv, target, np.dtype(arch.dtype).type)
+    """Rebuild the model from ``path`` alone and score it on the same seeded test split.
+
+    A CSV file is read through the checkpoint's record: columns by name, labels mapped to
+    the class indices they had in training, the target column by default.  Checkpoints that
+    predate that record read the columns in file order, with the width checked.
+    """
+    trained = load_model(path)
+    meta, arch = trained.meta, trained.architecture
+    data = load_data(dataset, csv, target or meta.target, np.dtype(arch.dtype).type,
+                     meta.task, meta.features, meta.labels)
+    outputs = arch.layers[-1]
     if data.X.shape[1] != arch.layers[0]:
         raise ValueError(f"{path} expects {arch.layers[0]} features; {data.name} has "
                          f"{data.X.shape[1]}")
-    _, test_set = train_test_split(data, 0.2, meta["seed"])
-    return accuracy(model.eval(), test_set, meta["scaling"], arch.loss)
+    if (data.classes > 0) != (meta.task == "classification") or data.classes > outputs:
+        kind = f"{data.classes} classes" if data.classes else "a regression target"
+        raise ValueError(f"{path} is a {meta.task} model with {outputs} outputs; "
+                         f"{data.name} has {kind}")
+    _, test_set = train_test_split(data, 0.2, meta.seed)
+    return _score(trained(test_set.X), test_set)

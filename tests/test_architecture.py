@@ -95,3 +95,12 @@ def test_tables_agree():
     assert set(LOSSES) == {"cross-entropy", "nll", "mse", "bce", "bce-with-logits"}
     for cls in ACTIVATIONS.values():
         assert issubclass(cls, sn.Activation)
+
+
+@pytest.mark.parametrize("layers, loss", [((4, 3), "mse"), ((4, 8, 3), "nll"),
+                                          ((5, 4, 3, 2), "bce"), ((2, 1, 1, 1, 2), "mse")])
+def test_parameter_shapes_are_the_models_without_building_it(layers, loss):
+    arch = Architecture(layers, loss=loss)
+    built = {k: v.shape for k, v in arch.model().state_dict().items()}
+    assert arch.parameter_shapes() == built
+    assert list(arch.parameter_shapes()) == list(built)

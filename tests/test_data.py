@@ -20,6 +20,7 @@ from symnet.data import (
     DATASETS,
     Dataset,
     batches,
+    guess_task,
     load_csv,
     load_dataset,
     load_digits,
@@ -173,9 +174,57 @@ def test_csv_regression_round_trip(tmp_path):
     np.testing.assert_array_equal(d.y, t)
 
 
-def test_csv_float_formatted_integers_are_regression(tmp_path):
-    d = load_csv(_write(tmp_path, "a,y\n1,1.0\n2,2.0\n"), target="y")
-    assert d.classes == 0 and d.y.dtype == np.float32
+def test_csv_float_formatted_integers_are_classes(tmp_path):
+    d = load_csv(_write(tmp_path, "a,y\n1,1.0\n2,2.0\n3,1\n"), target="y")
+    assert d.classes == 2 and d.y.tolist() == [0, 1, 0] and d.labels == (1, 2)
+    assert d.guess == "target 'y' holds 2 distinct whole numbers"
+
+
+@pytest.mark.parametrize("values, task", [
+    ([0, 1, 1, 0], "classification"),
+    ([0.0, 1.0], "classification"),
+    ([-3, 7, 7, 12], "classification"),
+    (list(range(20)), "classification"),
+    (list(range(21)), "regression"),
+    ([0.5, 1.0], "regression"),
+    ([1e-9, 1.0], "regression"),
+])
+def test_guess_task(values, task):
+    assert guess_task(np.array(values, dtype=np.float64), "y")[0] == task
+
+
+@pytest.mark.parametrize("task, classes, y", [
+    ("classification", 21, list(range(21))),
+    ("regression", 0, [0.0, 1.0]),
+])
+def test_csv_task_given_is_not_guessed(tmp_path, task, classes, y):
+    rows = "".join(f"{i},{v}\n" for i, v in enumerate(y))
+    d = load_csv(_write(tmp_path, "a,y\n" + rows), target="y", task=task)
+    assert d.classes == classes and d.guess == ""
+    assert d.y.tolist() == (list(range(classes)) if classes else y)
+
+
+def test_csv_read_for_a_model_maps_columns_by_name_and_labels_by_value(tmp_path):
+    path = _write(tmp_path, "c,label,a,b\n3,7,1,2\n6,5,4,5\n")
+    d = load_csv(path, target="label", features=["a", "b", "c"], labels=[3, 5, 7])
+    assert d.X.tolist() == [[1, 2, 3], [4, 5, 6]] and d.features == ("a", "b", "c")
+    assert d.y.tolist() == [2, 1] and d.classes == 3 and d.labels == (3, 5, 7)
+
+
+@pytest.mark.parametrize("features, labels, patterns", [
+    (["a", "b"], None, ["feature columns are ['a', 'b']", "has columns the model does not "
+                        "know: ['c']"]),
+    (["a", "b", "c", "d"], None, ["lacks ['d']"]),
+    (["a", "b", "c"], [5, 7], ["line 2, column 'label'", "label 3 is not one of the model's "
+                               "classes [5, 7]"]),
+])
+def test_csv_read_for_a_model_refuses_what_does_not_match(tmp_path, features, labels,
+                                                            patterns):
+    path = _write(tmp_path, "a,b,c,label\n1,2,3,3\n")
+    with pytest.raises(ValueError) as info:
+        load_csv(path, target="label", features=features, labels=labels)
+    for pattern in patterns:
+        assert pattern in str(info.value), (pattern, str(info.value))
 
 
 def test_csv_header_whitespace_and_bom(tmp_path):
@@ -204,6 +253,7 @@ def test_csv_missing_file(tmp_path):
         ("a,b,label\n", ["no data rows"]),
         ("a,b,label\n\n\n", ["no data rows"]),
         ("label\n1\n", ["no feature columns"]),
+        ("a,a,label\n1,2,0\n", ["column 'a' appears more than once"]),
     ],
 )
 def test_csv_errors_name_the_problem(tmp_path, text, patterns):

@@ -24,7 +24,7 @@ import time
 def model_of(depth: int, width: int, activation: str):
     """``depth`` Linear(width, width) layers with ``activation`` between them."""
     import symnet as sn
-    from symnet.architecture import ACTIVATIONS
+    from symnet.app.architecture import ACTIVATIONS
 
     layers = []
     for k in range(depth):

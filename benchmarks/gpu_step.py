@@ -273,7 +273,7 @@ def main() -> int:
     import numba
 
     import symnet as sn
-    from symnet import cuda as sn_cuda
+    from symnet.backends import cuda as sn_cuda
 
     if numba.config.ENABLE_CUDASIM and not simulated:
         print("gpu_step.py: NUMBA_ENABLE_CUDASIM=1 is set: the full-size rows would take hours "

@@ -63,7 +63,7 @@ def worker(args) -> None:
     """One rank: time every batch size; rank 0 writes the medians."""
     import numpy as np
 
-    from symnet.distributed import DistributedStep, broadcast_parameters, mpi
+    from symnet.backends.mpi import DistributedStep, broadcast_parameters, mpi
 
     comm = mpi().COMM_WORLD
     rows = []
@@ -99,7 +99,7 @@ def _bare_allreduce(comm, buffer, repeats: int = 200) -> float:
     the communication itself, without waiting for a slower rank's compute."""
     import numpy as np
 
-    from symnet.distributed import mpi
+    from symnet.backends.mpi import mpi
 
     times = []
     for _ in range(repeats):

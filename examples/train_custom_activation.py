@@ -10,7 +10,7 @@ import numpy as np
 import sympy as sp
 
 import symnet as sn
-from symnet.data import batches, load_digits, train_test_split
+from symnet.app.data import batches, load_digits, train_test_split
 
 x = sp.Symbol("x")
 mish = sn.Activation("mish", x * sp.tanh(sp.log(1 + sp.exp(x))), x)

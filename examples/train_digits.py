@@ -6,7 +6,7 @@ Run: .venv/bin/python examples/train_digits.py
 import numpy as np
 
 import symnet as sn
-from symnet.data import batches, load_digits, train_test_split
+from symnet.app.data import batches, load_digits, train_test_split
 
 
 def main() -> float:

@@ -8,8 +8,9 @@ Example:
     dZ2 = dZ2*A1.T
 """
 
-from symnet import cuda, optim
-from symnet.activations import (
+from symnet import optim
+from symnet.backends import cuda
+from symnet.nn.activations import (
     GELU,
     Activation,
     LeakyReLU,
@@ -21,9 +22,9 @@ from symnet.activations import (
     Softplus,
     Tanh,
 )
-from symnet.backprop import derive
-from symnet.derivation import Derivation
-from symnet.losses import (
+from symnet.symbolic.backprop import derive
+from symnet.symbolic.derivation import Derivation
+from symnet.nn.losses import (
     BCELoss,
     BCEWithLogitsLoss,
     CrossEntropyLoss,
@@ -31,9 +32,9 @@ from symnet.losses import (
     MSELoss,
     NLLLoss,
 )
-from symnet.module import Linear, Module, Parameter, Sequential, manual_seed
-from symnet.serialization import load, save
-from symnet.step import TrainStep, compile
+from symnet.nn.module import Linear, Module, Parameter, Sequential, manual_seed
+from symnet.io.serialization import load, save
+from symnet.backends.cpu import TrainStep, compile
 
 __version__ = "0.1.0"
 

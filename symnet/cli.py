@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from symnet.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
+from symnet.app.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
 from symnet.optim import BY_NAME
 
 OPTIMIZERS = tuple(BY_NAME)
@@ -160,10 +160,10 @@ def _verify(args) -> int:
 
 
 def _train(args) -> int:
-    from symnet.train import TrainConfig, check_writable, train
+    from symnet.app.train import TrainConfig, check_writable, train
 
     if args.plot:  # before training: neither may cost a whole run
-        from symnet.plot import require
+        from symnet.app.plot import require
 
         require()
         check_writable(args.plot, "--plot", in_place=True)
@@ -174,14 +174,14 @@ def _train(args) -> int:
     result = train(config, save=args.save, checkpoint_every=args.checkpoint_every,
                    resume=args.resume)
     if args.distributed:
-        from symnet.distributed import is_root
+        from symnet.backends.mpi import is_root
 
         if not is_root():  # rank 0 reports and writes files
             return 0
     if args.save:
         print(f"saved {args.save}")
     if args.plot:
-        from symnet.plot import plot_curves
+        from symnet.app.plot import plot_curves
 
         plot_curves(result.history, args.plot,
                     "test accuracy" if result.architecture.loss != "mse" else "test −MSE")
@@ -190,7 +190,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from symnet.train import evaluate_checkpoint
+    from symnet.app.train import evaluate_checkpoint
 
     score = evaluate_checkpoint(args.checkpoint, args.dataset, args.csv, args.target)
     print(f"test accuracy {score:.4f}" if score >= 0 else f"test MSE {-score:.6g}")
@@ -198,7 +198,7 @@ def _evaluate(args) -> int:
 
 
 def _kernels(args) -> int:
-    from symnet.show import kernel_source
+    from symnet.app.show import kernel_source
 
     arch = Architecture(parse_layers(args.layers), args.activation, args.loss, args.dtype)
     source = kernel_source(arch, args.optimizer, args.device, args.reduction)

@@ -1,4 +1,4 @@
-"""Architecture specs (symnet.architecture): validation, the models they build, round trips."""
+"""Architecture specs (symnet.app.architecture): validation, the models they build, round trips."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from symnet.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
+from symnet.app.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
 
 
 def _leaf_types(model) -> list[str]:

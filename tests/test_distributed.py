@@ -1,4 +1,4 @@
-"""Data-parallel training on MPI (symnet.distributed), run as real 2-rank jobs.
+"""Data-parallel training on MPI (symnet.backends.mpi), run as real 2-rank jobs.
 
 The reference is independent of the code under test: the one-process fused step
 (``sn.compile``: forward, backward and update in one generated kernel), trained on the same
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from symnet.distributed import DistributedStep, SingleProcess
-from symnet.train import TrainConfig, train
+from symnet.backends.mpi import DistributedStep, SingleProcess
+from symnet.app.train import TrainConfig, train
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 needs_mpi = pytest.mark.skipif(

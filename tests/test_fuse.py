@@ -1,4 +1,4 @@
-"""Fusion (symnet.fuse): softmax + cross-entropy into Ŷ − Y, and when it must not happen."""
+"""Fusion (symnet.symbolic.fuse): softmax + cross-entropy into Ŷ − Y, and when it must not happen."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 import sympy as sp
 
 import symnet as sn
-import symnet.backprop as bp
+import symnet.symbolic.backprop as bp
 from codegen.expr import Elementwise, SoftmaxVJP
-from symnet import printing
-from symnet.fuse import fuse
-from symnet.graph import N, build
+from symnet.symbolic import printing
+from symnet.symbolic.fuse import fuse
+from symnet.symbolic.graph import N, build
 
 
 def _body_by_name(eq) -> sp.Expr:

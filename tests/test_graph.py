@@ -1,4 +1,4 @@
-"""Model + loss → forward equations (symnet.graph): names, shapes, and their numeric meaning."""
+"""Model + loss → forward equations (symnet.symbolic.graph): names, shapes, and their numeric meaning."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sympy as sp
 
 import symnet as sn
 from codegen.expr import evaluate
-from symnet.graph import LOSS, N, build
+from symnet.symbolic.graph import LOSS, N, build
 
 
 def _shapes(graph) -> dict[str, tuple]:

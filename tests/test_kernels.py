@@ -1,4 +1,4 @@
-"""symnet.kernels: compiled units shared by structure, buffers allocated per batch size.
+"""symnet.backends.kernels: compiled units shared by structure, buffers allocated per batch size.
 
 Sharing is where aliasing bugs hide: two models of one structure, two batch sizes, two
 losses kept alive at once.  Every result is compared with PyTorch, never with symnet.
@@ -17,7 +17,7 @@ import pytest
 import sympy as sp
 
 import symnet as sn
-from symnet import kernels
+from symnet.backends import kernels
 
 torch = pytest.importorskip("torch")
 

@@ -1,4 +1,4 @@
-"""symnet.module: parameters, initialisation, dtype, state dicts and modes, against PyTorch."""
+"""symnet.nn.module: parameters, initialisation, dtype, state dicts and modes, against PyTorch."""
 
 from __future__ import annotations
 

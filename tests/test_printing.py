@@ -1,4 +1,4 @@
-"""Printing (symnet.printing, symnet.diagram): Unicode text, LaTeX and Mermaid in the seed's
+"""Printing (symnet.symbolic.printing, symnet.symbolic.diagram): Unicode text, LaTeX and Mermaid in the seed's
 notation."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import sympy as sp
 
 import symnet as sn
-from symnet import printing
+from symnet.symbolic import printing
 
 x = sp.Symbol("x", real=True)
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import symnet as sn
 from codegen.ir import CheckFinite, Loop
 from codegen.lower import lower
-from symnet.graph import N
+from symnet.symbolic.graph import N
 
 IN, HIDDEN, OUT, BATCH = 3, 5, 2, 8
 
@@ -195,7 +195,7 @@ def test_one_non_finite_entry_anywhere_is_found(dtype, rows, cols, data):
     """The allocation-free scan behind the input check agrees with np.isfinite: one NaN or
     ±Inf anywhere (any size, so the vectorised body and its remainder are both hit), and
     the largest finite values pass."""
-    from symnet.checks import _nonfinite_sum
+    from symnet.backends.checks import _nonfinite_sum
 
     info = np.finfo(dtype)
     a = np.random.default_rng(rows * 41 + cols).uniform(-1, 1, (rows, cols)).astype(dtype)
@@ -242,7 +242,7 @@ def test_bad_targets_to_a_step_and_to_the_loss(case):
 def test_a_label_outside_the_classes_is_named_for_every_integer_dtype(dtype, position):
     """Labels of any integer dtype: the first one outside [0, classes) is named, the
     largest class is accepted, and nothing changes."""
-    from symnet.checks import check_targets
+    from symnet.backends.checks import check_targets
 
     loss = sn.CrossEntropyLoss()
     labels = np.ones(BATCH, dtype)

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from symnet.checkpoint import load_model
+from symnet.app.checkpoint import load_model
 from symnet.cli import main
-from symnet.data import load_digits
-from symnet.serialization import load_file, save_file
-from symnet.train import TrainConfig, evaluate_checkpoint, train
+from symnet.app.data import load_digits
+from symnet.io.serialization import load_file, save_file
+from symnet.app.train import TrainConfig, evaluate_checkpoint, train
 
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS = ["--dataset", "digits", "--layers", "64,16,10"]

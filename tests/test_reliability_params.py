@@ -205,7 +205,7 @@ def test_the_derivation_prints_and_proves_the_sum():
 
 
 def test_one_process_distributed_step_sums_the_uses_as_torch():
-    from symnet.distributed import DistributedStep
+    from symnet.backends.mpi import DistributedStep
 
     model, twin = _shared_pair()
     step = DistributedStep(model, sn.CrossEntropyLoss(), sn.optim.SGD(model.parameters(),

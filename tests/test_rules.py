@@ -1,4 +1,4 @@
-"""Per-operation VJP rules (symnet.rules) against SymPy's own calculus on explicit scalars."""
+"""Per-operation VJP rules (symnet.symbolic.rules) against SymPy's own calculus on explicit scalars."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import symnet as sn
 from codegen.expr import Elementwise, LogSoftmax, Softmax, Total, evaluate
-from symnet import rules
+from symnet.symbolic import rules
 
 x = sp.Symbol("x", real=True)
 A_OUT = sp.Symbol("_a", real=True)  # the output symbol of rules.derivative's output form

@@ -1,4 +1,4 @@
-"""symnet.runtime: model(X), loss_fn(out, y) and loss.backward() against PyTorch autograd.
+"""symnet.backends.eager: model(X), loss_fn(out, y) and loss.backward() against PyTorch autograd.
 
 The gradient table runs every activation with cross-entropy and MSE, and every loss after
 Tanh with both reductions, in float64: the forward output, the loss and every ``p.grad``

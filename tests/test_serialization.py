@@ -1,4 +1,4 @@
-"""Tests for symnet.serialization: the hand-written safetensors reader/writer and save/load."""
+"""Tests for symnet.io.serialization: the hand-written safetensors reader/writer and save/load."""
 
 import json
 import pickle
@@ -14,8 +14,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
-from symnet import serialization as ser
-from symnet.serialization import load, load_file, save, save_file
+from symnet.io import serialization as ser
+from symnet.io.serialization import load, load_file, save, save_file
 
 SHAPES = [(), (0,), (3, 0, 2), (1,), (5,), (2, 3), (2, 3, 4)]
 

@@ -1,4 +1,4 @@
-"""``symnet kernels`` (symnet.show): the fused step's source, commented with its formulas."""
+"""``symnet kernels`` (symnet.app.show): the fused step's source, commented with its formulas."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from symnet.architecture import Architecture
+from symnet.app.architecture import Architecture
 from symnet.cli import main
-from symnet.show import kernel_source
+from symnet.app.show import kernel_source
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = Architecture((784, 128, 10), "relu", "cross-entropy")
@@ -122,9 +122,9 @@ def test_cuda_source_is_what_cuda_train_step_compiles():
     """Rendered without numba.cuda, it equals the source `CudaTrainStep` builds and imports
     (under Numba's CUDA simulator, in a fresh process so the simulator can be enabled)."""
     code = ("import symnet as sn, sys\n"
-            "from symnet.architecture import Architecture\n"
-            "from symnet.cuda import CudaTrainStep\n"
-            "from symnet.show import kernel_source\n"
+            "from symnet.app.architecture import Architecture\n"
+            "from symnet.backends.cuda import CudaTrainStep\n"
+            "from symnet.app.show import kernel_source\n"
             "arch = Architecture((5, 4, 3), 'sigmoid', 'cross-entropy')\n"
             "m = arch.model().to('cuda')\n"
             "opt = sn.optim.Adam(m.parameters())\n"

@@ -1,4 +1,4 @@
-"""symnet.step: ``sn.compile(model, loss, opt)`` against torch.optim, step by step.
+"""symnet.backends.cpu: ``sn.compile(model, loss, opt)`` against torch.optim, step by step.
 
 Every optimizer configuration trains the same float64 network on the same data for 50
 fused steps; the per-step losses and the final parameters must match PyTorch to 1e-8.

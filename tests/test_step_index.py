@@ -1,4 +1,4 @@
-"""symnet.step_index: a compiled step found on disk is reused without the SymPy derivation,
+"""symnet.backends.step_index: a compiled step found on disk is reused without the SymPy derivation,
 and only when everything that decides its equations is the same."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from symnet import kernels
+from symnet.backends import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ CHILD = r"""
 import sys
 import numpy as np
 import symnet as sn
-import symnet.step as step_module
+import symnet.backends.cpu as step_module
 
 def refuse(*args, **kwargs):
     raise AssertionError("derived on a cache hit")
@@ -105,7 +105,7 @@ def test_optimizer_flags_change_the_key(second, tmp_path, monkeypatch):
 def test_entries_written_by_other_code_are_not_reused(tmp_path, monkeypatch):
     # The same version string can hide other code (an edited working tree, a patched
     # install): the index key includes a hash of symnet's and codegen's sources.
-    from symnet import step_index
+    from symnet.backends import step_index
 
     monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
     kernels._units.clear()

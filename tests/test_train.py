@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from symnet.cli import main
-from symnet.data import load_digits, train_test_split
-from symnet.train import TrainConfig, evaluate_checkpoint, save_checkpoint, train
+from symnet.app.data import load_digits, train_test_split
+from symnet.app.train import TrainConfig, evaluate_checkpoint, save_checkpoint, train
 
 
 def _last_accuracy(text: str) -> float:

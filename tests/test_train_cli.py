@@ -17,7 +17,7 @@ import pytest
 
 import symnet as sn
 from symnet.cli import main
-from symnet.train import Diverged, TrainConfig, train
+from symnet.app.train import Diverged, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["train", "--dataset", "digits", "--layers", "64,16,10", "--seed", "1"]
@@ -72,7 +72,7 @@ def test_diverged_carries_the_finite_result():
 
 SIMULATED_DIVERGENCE = """
 import json, sys
-from symnet.train import Diverged, TrainConfig, train
+from symnet.app.train import Diverged, TrainConfig, train
 config = TrainConfig(layers=(64, 8, 10), optimizer="sgd", lr=1e10, epochs=1, batch_size=8,
                      seed=0, device="cuda")
 try:
@@ -203,7 +203,7 @@ def test_help_has_an_example_of_each_new_flag(capsys):
 
 SIMULATED_RUN = """
 import json
-from symnet.train import TrainConfig, train
+from symnet.app.train import TrainConfig, train
 runs = {}
 for device in ("cpu", "cuda"):
     config = TrainConfig(layers=(64, 8, 10), epochs=1, batch_size=8, seed=0, device=device,

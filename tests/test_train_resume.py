@@ -16,8 +16,8 @@ import pytest
 
 import symnet as sn
 from symnet.cli import main
-from symnet.serialization import load_file
-from symnet.train import TrainConfig, train
+from symnet.io.serialization import load_file
+from symnet.app.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--dataset", "digits", "--layers", "64,16,10", "--optimizer", "adam", "--seed", "4",
@@ -123,7 +123,7 @@ def test_checkpoint_holds_step_count_position_and_the_batch_order_state(tmp_path
 
 
 def test_periodic_checkpoints_are_written_every_k_steps(tmp_path, monkeypatch):
-    import symnet.train as train_module
+    import symnet.app.train as train_module
 
     written = []
     real = train_module.save_checkpoint

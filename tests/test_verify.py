@@ -1,4 +1,4 @@
-"""Verification (symnet.verify): proves right derivations, and catches wrong ones.
+"""Verification (symnet.symbolic.verify): proves right derivations, and catches wrong ones.
 
 The proof compares each derived gradient with ``sympy.diff`` of the explicit scalar loss;
 these tests check that it holds across activations × losses × reductions, and that it fails,
@@ -17,9 +17,10 @@ import sympy as sp
 
 import symnet as sn
 from codegen.expr import Elementwise
-from symnet import backprop, rules
-from symnet.graph import N
-from symnet.verify import Check, Report, _zero
+from symnet.symbolic import backprop
+from symnet.symbolic import rules
+from symnet.symbolic.graph import N
+from symnet.symbolic.verify import Check, Report, _zero
 
 x = sp.Symbol("x", real=True)
 p, t = sp.symbols("p t", real=True)

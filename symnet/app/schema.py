@@ -25,8 +25,8 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from symnet.architecture import ACTIVATIONS, Architecture
-from symnet.data import DATASETS
+from symnet.app.architecture import ACTIVATIONS, Architecture
+from symnet.app.data import DATASETS
 from symnet.optim import BY_NAME
 
 __all__ = ["RunConfig", "Scaling", "TrainingMeta", "describe", "parse", "task_of"]
@@ -163,7 +163,7 @@ class Scaling:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The settings a resumed run must share with its checkpoint (see `symnet.checkpoint`)."""
+    """The settings a resumed run must share with its checkpoint (see `symnet.app.checkpoint`)."""
 
     layers: tuple[int, ...]
     activation: str
@@ -217,7 +217,7 @@ class RngState:
 
 @dataclass(frozen=True)
 class ProgressRecord:
-    """`symnet.checkpoint.Progress` as stored: ``history`` holds the finished epochs 1, 2, …"""
+    """`symnet.app.checkpoint.Progress` as stored: ``history`` holds the finished epochs 1, 2, …"""
 
     epoch: int
     batch: int

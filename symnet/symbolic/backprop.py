@@ -1,6 +1,6 @@
 """The reverse sweep: forward equations → named backward equations (+ optimizer updates).
 
-Each forward equation ``V = rhs`` contributes, through its rule in `symnet.rules`, to the
+Each forward equation ``V = rhs`` contributes, through its rule in `symnet.symbolic.rules`, to the
 gradients of its inputs; every gradient is a named symbol (``dZ2``, ``dA1``), so nothing is
 differentiated twice and the result reads as the textbook's backprop.
 
@@ -19,12 +19,12 @@ from __future__ import annotations
 import sympy as sp
 
 from codegen.expr import Elementwise
-from symnet.derivation import Derivation
-from symnet.fuse import fuse
-from symnet.graph import LOSS, Graph, build
-from symnet.losses import Loss
-from symnet.module import Module
-from symnet.rules import loss_gradient, vjp
+from symnet.symbolic.derivation import Derivation
+from symnet.symbolic.fuse import fuse
+from symnet.symbolic.graph import LOSS, Graph, build
+from symnet.nn.losses import Loss
+from symnet.nn.module import Module
+from symnet.symbolic.rules import loss_gradient, vjp
 
 
 def gradient_symbol(symbol: sp.MatrixSymbol) -> sp.MatrixSymbol:

@@ -2,11 +2,11 @@
 
 Each kernel is commented with the formula it computes (``# dW1 = dZ1*X.T``).  The CPU
 source is the one `sn.compile` imports and runs; the CUDA source is rendered from the same
-lowered program by `codegen.cuda` exactly as `symnet.cuda.CudaTrainStep` renders it, but
+lowered program by `codegen.cuda` exactly as `symnet.backends.cuda.CudaTrainStep` renders it, but
 without Numba's CUDA target, so it prints on a machine with no GPU.
 
 Example:
-    >>> from symnet.architecture import Architecture
+    >>> from symnet.app.architecture import Architecture
     >>> src = kernel_source(Architecture((4, 3, 2), "tanh", "mse"), "sgd", "cpu")
     >>> "# dW1 = dZ1*X.T" in src, "# dZ1 = dA1*(1 - A1**2)" in src
     (True, True)
@@ -18,9 +18,9 @@ import numpy as np
 
 import symnet as sn
 from codegen import cuda as cuda_render
-from symnet import kernels
-from symnet.architecture import Architecture
-from symnet.graph import N
+from symnet.backends import kernels
+from symnet.app.architecture import Architecture
+from symnet.symbolic.graph import N
 
 #: optimizer name → class; the learning rate is a runtime scalar, absent from the source
 OPTIMIZERS = sn.optim.BY_NAME
@@ -31,7 +31,7 @@ def _cpu(model, loss, optimizer) -> str:
 
 
 def _cuda(model, loss, optimizer) -> str:
-    # The same derivation, lowering and header as symnet.cuda.CudaTrainStep, minus the
+    # The same derivation, lowering and header as symnet.backends.cuda.CudaTrainStep, minus the
     # import of the rendered module (which needs numba.cuda and a GPU or the simulator).
     program = kernels.step_program(sn.derive(model, loss, optimizer), loss, check_finite=True)
     return cuda_render.render_module(
@@ -50,7 +50,7 @@ def kernel_source(arch: Architecture, optimizer: str = "adam", device: str = "cp
     their host driver); the dtype is ``arch.dtype``.
 
     Example:
-        >>> from symnet.architecture import Architecture
+        >>> from symnet.app.architecture import Architecture
         >>> src = kernel_source(Architecture((4, 3, 2)), "adam", "cuda")
         >>> "@cuda.jit(cache=True)" in src, "# dZ2 = (-Y + Yhat)/N" in src
         (True, True)

@@ -8,7 +8,7 @@ alone and reads another CSV file by column name.  It also carries the run's `Pro
 run and ends bit-identical to one that was never interrupted.
 
 Example:
-    >>> from symnet.train import TrainConfig, train
+    >>> from symnet.app.train import TrainConfig, train
     >>> result = train(TrainConfig(layers=(64, 32, 10), epochs=2), log=lambda line: None)
     >>> 0.5 < result.accuracy <= 1.0
     True
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import symnet as sn
-from symnet.architecture import Architecture
-from symnet.checkpoint import Progress, load_model, restore, save_checkpoint
-from symnet.data import TASKS, Dataset, batches, load_csv, load_dataset, train_test_split
+from symnet.app.architecture import Architecture
+from symnet.app.checkpoint import Progress, load_model, restore, save_checkpoint
+from symnet.app.data import TASKS, Dataset, batches, load_csv, load_dataset, train_test_split
 
 OPTIMIZERS = sn.optim.BY_NAME
 
@@ -49,7 +49,7 @@ class TrainConfig:
     dtype: str = "float32"
     device: str = "cpu"
     max_steps: int | None = None
-    distributed: bool = False  # data-parallel over MPI ranks (symnet.distributed)
+    distributed: bool = False  # data-parallel over MPI ranks (symnet.backends.mpi)
     task: str | None = None  # a CSV file's: "classification", "regression"; None: guess
 
 
@@ -99,7 +99,7 @@ def load_data(dataset: str, csv: str | None, target: str | None, dtype, task: st
 def check_writable(path: str, flag: str, in_place: bool = False) -> None:
     """Refuse, before a run starts, a path its end could not write (``flag`` names it).
 
-    The folder must exist and be writable (`symnet.serialization.save_file` writes a
+    The folder must exist and be writable (`symnet.io.serialization.save_file` writes a
     temporary file there and renames it); ``in_place`` writers also need an existing file
     to be writable.
     """
@@ -185,7 +185,7 @@ def _check(config: TrainConfig, save: str | None, checkpoint_every: int | None,
 def _compile(model: sn.Module, loss, optimizer, device: str, distributed: bool = False):
     """The fused step; its finite check keeps a NaN step from touching the parameters."""
     if distributed:  # rank 0's parameters on every rank, then the same checked update
-        from symnet.distributed import training_step
+        from symnet.backends.mpi import training_step
 
         return training_step(model, loss, optimizer, device)
     try:
@@ -200,7 +200,7 @@ def _is_root(config: TrainConfig) -> bool:
     """False only on ranks other than 0 of a ``--distributed`` run."""
     if not config.distributed:
         return True
-    from symnet.distributed import is_root
+    from symnet.backends.mpi import is_root
 
     return is_root()
 

@@ -20,9 +20,9 @@ import weakref
 
 import numpy as np
 
-from symnet import kernels
-from symnet.checks import check_inputs, check_targets
-from symnet.module import Module
+from symnet.backends import kernels
+from symnet.backends.checks import check_inputs, check_targets
+from symnet.nn.module import Module
 
 _tape: dict[int, tuple] = {}
 

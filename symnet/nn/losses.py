@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from symnet.activations import _check_label, _check_name, check_closed_form
+from symnet.nn.activations import _check_label, _check_name, check_closed_form
 
 p, y = sp.symbols("p y", real=True)
 REDUCTIONS = ("mean", "sum")
@@ -74,7 +74,7 @@ class Loss:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
     def __call__(self, output, target):
-        from symnet.runtime import loss_value
+        from symnet.backends.eager import loss_value
 
         return loss_value(self, output, target)
 

@@ -17,9 +17,10 @@ from functools import singledispatch
 import sympy as sp
 
 from codegen.expr import Elementwise, LogSoftmax, Softmax, Total
-from symnet import activations, losses
-from symnet.losses import Loss
-from symnet.module import Linear, Module
+from symnet.nn import activations
+from symnet.nn import losses
+from symnet.nn.losses import Loss
+from symnet.nn.module import Linear, Module
 
 N = sp.Symbol("N", integer=True, positive=True)
 LOSS = sp.Symbol("L")

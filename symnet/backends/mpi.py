@@ -8,7 +8,7 @@ mpi4py is not even needed).
 
 Example:
     >>> import numpy as np, symnet as sn
-    >>> from symnet.distributed import DistributedStep, broadcast_parameters, size
+    >>> from symnet.backends.mpi import DistributedStep, broadcast_parameters, size
     >>> sn.manual_seed(0)
     >>> model = sn.Sequential(sn.Linear(4, 8), sn.ReLU(), sn.Linear(8, 3))
     >>> broadcast_parameters(model)
@@ -28,10 +28,10 @@ import time
 
 import numpy as np
 
-from symnet import kernels
-from symnet.checks import check_inputs, check_targets, not_finite_message
-from symnet.losses import Loss
-from symnet.module import Module
+from symnet.backends import kernels
+from symnet.backends.checks import check_inputs, check_targets, not_finite_message
+from symnet.nn.losses import Loss
+from symnet.nn.module import Module
 from symnet.optim import Optimizer
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import sympy as sp
 
 from codegen.expr import evaluate
-from symnet.graph import LOSS, N
+from symnet.symbolic.graph import LOSS, N
 
 
 @dataclass

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from symnet import kernels, step_index
-from symnet.backprop import derive
-from symnet.checks import _first_linear, check_inputs, check_targets, not_finite_message
-from symnet.losses import Loss
-from symnet.module import Module, check_device
+from symnet.backends import kernels
+from symnet.backends import step_index
+from symnet.symbolic.backprop import derive
+from symnet.backends.checks import _first_linear, check_inputs, check_targets, not_finite_message
+from symnet.nn.losses import Loss
+from symnet.nn.module import Module, check_device
 from symnet.optim import Optimizer
 
 
@@ -133,7 +134,7 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = Fa
     """Fuse forward, loss, backward and ``optimizer``'s update into one compiled step.
 
     The step runs where the model is (``model.device``).  For a model moved with
-    ``model.to("cuda")`` it is a `symnet.cuda.CudaTrainStep`: parameters and optimizer state
+    ``model.to("cuda")`` it is a `symnet.backends.cuda.CudaTrainStep`: parameters and optimizer state
     stay on the GPU between steps, and host reads (``p.data``, ``state_dict()``) fetch them.
     ``device``, when given, must be the model's device (a ValueError otherwise): the model is
     never moved behind your back.
@@ -156,7 +157,7 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = Fa
     if device is not None:
         device = check_device(device)
         if device == "cuda":
-            from symnet.cuda import require
+            from symnet.backends.cuda import require
 
             require()  # no GPU: say so, rather than suggest moving the model there
         if device != model.device:
@@ -164,7 +165,7 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = Fa
                              f"{model.device!r}: move the model first with "
                              f"model.to({device!r}), or leave device out to use the model's")
     if model.device == "cuda":
-        from symnet.cuda import CudaTrainStep
+        from symnet.backends.cuda import CudaTrainStep
 
         if parallel:
             raise ValueError("compile: parallel=True runs the CPU kernels on several threads; "

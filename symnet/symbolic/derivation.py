@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from symnet import printing
+from symnet.symbolic import printing
 
 
 class Derivation:
@@ -77,7 +77,7 @@ class Derivation:
 
     def mermaid(self) -> str:
         """A ``flowchart TD`` of the forward and backward pass, like the seed's diagram."""
-        from symnet.diagram import mermaid
+        from symnet.symbolic.diagram import mermaid
 
         return mermaid(self)
 
@@ -85,19 +85,19 @@ class Derivation:
     def verify(self, **options):
         """Prove every backward equation equal to ``sympy.diff`` of the scalar loss.
 
-        Returns a `symnet.verify.Report`; it is truthy when every equation holds.
+        Returns a `symnet.symbolic.verify.Report`; it is truthy when every equation holds.
 
         Example:
             >>> import symnet as sn
             >>> bool(sn.derive(sn.Sequential(sn.Linear(2, 2)), sn.MSELoss()).verify())
             True
         """
-        from symnet.verify import verify
+        from symnet.symbolic.verify import verify
 
         return verify(self, **options)
 
     def gradcheck(self, **options):
         """Compare the derived gradients with float64 central differences (a Report)."""
-        from symnet.verify import gradcheck
+        from symnet.symbolic.verify import gradcheck
 
         return gradcheck(self, **options)

@@ -1,6 +1,6 @@
 """Training checkpoints: the model, the optimizer and where the run stands.
 
-`save_checkpoint` writes what `symnet.train.train` needs to continue a killed run and end
+`save_checkpoint` writes what `symnet.app.train.train` needs to continue a killed run and end
 bit-identical to an uninterrupted one: model and optimizer state (with its step count),
 the architecture, feature scaling, feature columns and class labels (so ``evaluate``
 rebuilds the model from the file alone), the settings a resume must share (`RESUME_FIELDS`)
@@ -8,7 +8,7 @@ and the run's `Progress`.  `restore` loads it back, refusing a checkpoint made w
 settings; `load_model` gives the trained network with its scaling (`TrainedModel`).
 
 Nothing in a checkpoint is used before it is checked: the metadata against
-`symnet.schema`; the tensors' names, shapes, dtypes and values against the architecture the
+`symnet.app.schema`; the tensors' names, shapes, dtypes and values against the architecture the
 metadata declares, before a model is allocated for it; and, on resume, the optimizer's type,
 hyperparameters, step count and state against the optimizer the command builds.
 
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import symnet as sn
-from symnet.architecture import Architecture
-from symnet.schema import RunConfig, TrainingMeta, describe, parse, task_of
+from symnet.app.architecture import Architecture
+from symnet.app.schema import RunConfig, TrainingMeta, describe, parse, task_of
 
 if TYPE_CHECKING:
-    from symnet.train import TrainConfig, TrainResult
+    from symnet.app.train import TrainConfig, TrainResult
 
 #: What a resumed run must share with its checkpoint; ``epochs`` may grow, the device change.
 RESUME_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -137,8 +137,8 @@ class TrainedModel:
 
     Example:
         >>> import os, tempfile
-        >>> from symnet.data import load_digits
-        >>> from symnet.train import TrainConfig, train
+        >>> from symnet.app.data import load_digits
+        >>> from symnet.app.train import TrainConfig, train
         >>> path = os.path.join(tempfile.mkdtemp(), "ck.safetensors")
         >>> _ = train(TrainConfig(layers=(64, 16, 10), epochs=1), log=lambda line: None,
         ...           save=path)

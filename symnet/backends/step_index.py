@@ -39,8 +39,8 @@ import symnet
 from codegen import blas
 from codegen.cache import cache_dir, entry_name, load_module
 from codegen.ir import Buffer, Program
-from symnet.graph import N
-from symnet.kernels import Unit
+from symnet.symbolic.graph import N
+from symnet.backends.kernels import Unit
 
 FORMAT = "1"
 

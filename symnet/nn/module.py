@@ -1,9 +1,9 @@
 """Modules own parameters (numpy arrays) and say which operation they contribute.
 
-Nothing is computed at declaration: `symnet.graph` turns a model into equations, and the
+Nothing is computed at declaration: `symnet.symbolic.graph` turns a model into equations, and the
 compiled kernels run them.
 
-Devices: ``model.to("cuda")`` gives every parameter a copy on the GPU (a `symnet.cuda.Mirror`)
+Devices: ``model.to("cuda")`` gives every parameter a copy on the GPU (a `symnet.backends.cuda.Mirror`)
 which the compiled CUDA step trains in place; ``Parameter.data`` and ``state_dict()`` always
 hand out host numpy arrays, copied back from the GPU when the device values are newer.
 
@@ -26,7 +26,7 @@ _rng = np.random.default_rng()
 DTYPES = (np.float32, np.float64)
 DEVICES = ("cpu", "cuda")
 #: the module whose ``forward(model, X)`` runs ``model(X)``, by device (imported on first use)
-FORWARD = {"cpu": "symnet.runtime", "cuda": "symnet.cuda"}
+FORWARD = {"cpu": "symnet.backends.eager", "cuda": "symnet.backends.cuda"}
 
 
 def manual_seed(seed: int) -> None:
@@ -91,7 +91,7 @@ class Parameter:
     """A learnable array and its accumulated gradient (``None`` until a backward pass).
 
     On the GPU (after ``module.to("cuda")``) the parameter owns a device copy of its values
-    (a `symnet.cuda.Mirror`, which also knows the device copies of the optimizer state a
+    (a `symnet.backends.cuda.Mirror`, which also knows the device copies of the optimizer state a
     CUDA step keeps beside them, so moving the parameter home brings those home too).  The
     step trains the copies in place: between steps nothing crosses the bus.
     ``data`` is still the host numpy array: reading it first copies the
@@ -115,7 +115,7 @@ class Parameter:
         # The declared shape and dtype: fixed, so every kernel call can check the array it
         # is handed (`kernel_array`) even after in-place numpy changes (``a.shape = …``).
         self._shape, self._dtype = self._host.shape, self._host.dtype
-        self._mirror = None  # a symnet.cuda.Mirror of _host while on the GPU
+        self._mirror = None  # a symnet.backends.cuda.Mirror of _host while on the GPU
         self._owner: tuple | None = None  # (module, name) once a module registers it
         self.grad: np.ndarray | None = None
 
@@ -203,7 +203,7 @@ has shape (16, 4) (a parameter's shape is fixed: build a new layer for another s
     def _move(self, device: str) -> None:
         """Give the values a GPU copy (``"cuda"``) or bring them home and drop it (``"cpu"``)."""
         if device == "cuda" and self._mirror is None:
-            from symnet.cuda import Mirror
+            from symnet.backends.cuda import Mirror
 
             self._mirror = Mirror(self._host)
         elif device == "cpu" and self._mirror is not None:
@@ -454,7 +454,7 @@ float64): convert the whole model with model.to(np.float32) or model.to(np.float
             raise
         where = None if device is None else check_device(device)
         if where == "cuda":
-            from symnet.cuda import require
+            from symnet.backends.cuda import require
 
             require()  # the one clear error, before anything moves
         if where == "cpu":  # convert on the host, where the values then live
@@ -488,7 +488,7 @@ float64): convert the whole model with model.to(np.float32) or model.to(np.float
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         """The model's output for a batch-major (N, features) array, as a host numpy array.
 
-        A cuda model runs the forward kernels on the GPU (`symnet.cuda.forward`): only the
+        A cuda model runs the forward kernels on the GPU (`symnet.backends.cuda.forward`): only the
         batch goes in and the output comes back.
         """
         return importlib.import_module(FORWARD[self.device]).forward(self, inputs)

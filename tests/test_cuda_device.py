@@ -391,3 +391,24 @@ def compile_forward_ptx() -> int:
 def test_forward_kernels_compile_to_ptx():
     """The simulator accepts code the CUDA compiler rejects: compile the forward for real."""
     compile_ptx_in_subprocess(__file__, "compile_forward_ptx")
+
+
+@needs_cuda
+def test_eager_backward_and_opt_step_on_a_cuda_model_see_the_trained_values(assert_close):
+    """After fused CUDA steps the device holds the newest values: the eager path (host
+    kernels) must read them and its update must reach the device before the next step."""
+    model, reference = _model().to("cuda"), _model()
+    opt = OPTIMIZERS["adam"](model.parameters())
+    ref_opt = OPTIMIZERS["adam"](reference.parameters())
+    step, ref_step = sn.compile(model, sn.CrossEntropyLoss(), opt), _cpu_step(reference, ref_opt)
+    batches = _batches(3)
+    step(*batches[0])
+    ref_step(*batches[0])
+    for net, optimizer in ((model, opt), (reference, ref_opt)):
+        optimizer.zero_grad()
+        sn.CrossEntropyLoss()(net(batches[1][0]), batches[1][1]).backward()
+        optimizer.step()
+    assert_close(step(*batches[2]), ref_step(*batches[2]), 1e-5, "loss at step 3")
+    model.to("cpu")
+    _same(assert_close, {k: p.data for k, p in model.named_parameters()},
+          {k: p.data for k, p in reference.named_parameters()}, 1e-5, "parameter")

@@ -49,7 +49,8 @@ def forward(model: Module, inputs) -> np.ndarray:
 
 def _parameters(unit, model: Module) -> dict[str, np.ndarray]:
     by_key = dict(model.named_parameters())
-    return {name: by_key[key].kernel_array() for name, key in unit.graph.params.items()}
+    return {name: by_key[key].kernel_array(fetch=True) for name, key in
+            unit.graph.params.items()}
 
 
 class LossValue:
@@ -120,4 +121,5 @@ def optimizer_step(optimizer) -> None:
         unit = kernels.optimizer_unit(optimizer, parameter.dtype)
         name = "update_vector" if len(parameter.shape) == 1 else "update_matrix"
         scalars = [hyper[s] for s in unit.programs[name].scalars]
-        unit.functions[name](parameter.kernel_array(), grad, *states, *scalars)
+        unit.functions[name](parameter.kernel_array(fetch=True, write=True), grad, *states,
+                             *scalars)

@@ -166,9 +166,16 @@ has shape (16, 4) (a parameter's shape is fixed: build a new layer for another s
         module, name = self._owner
         return f"{module!r}.{name}" if not isinstance(module, str) else f"{module}.{name}"
 
-    def kernel_array(self) -> np.ndarray:
-        """The stored host array (no copy from the GPU), after checking that it still has the
-        declared shape, dtype and layout: no kernel is handed an array it did not expect."""
+    def kernel_array(self, *, fetch: bool = False, write: bool = False) -> np.ndarray:
+        """The host array, after checking that it still has the declared shape, dtype and
+        layout: no kernel is handed an array it did not expect.
+
+        As stored (no copy from the GPU) unless ``fetch``: then a GPU copy's newer values are
+        copied back first, for a host kernel that reads them (the eager path on a cuda
+        model); ``write`` says that kernel changes them, so the GPU copy is refreshed before
+        the device next reads it."""
+        if fetch and self._mirror is not None:
+            self._mirror.host(write=write)
         a = self._host
         if a.shape != self._shape or a.dtype != self._dtype or not a.flags.c_contiguous:
             raise ValueError(f"{self._label}: its array was changed in place to shape {a.shape}"

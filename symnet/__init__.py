@@ -1,5 +1,11 @@
 """symnet: neural networks as SymPy mathematics, derived, printed, verified and compiled.
 
+The package follows the pipeline, one stage per subpackage, each importing only the stages
+below it (`import-linter` checks this in CI): `nn` (declare) → `symbolic` (graph, derive,
+print, verify) → `optim` (updates as equations) → `backends` (compile and run: cpu, cuda,
+mpi) → `io` (checkpoint files) → `app` (``symnet train``) → `cli`.  This module only
+gathers the public names.
+
 Example:
     >>> import symnet as sn
     >>> model = sn.Sequential(sn.Linear(4, 8), sn.Sigmoid(), sn.Linear(8, 3))
@@ -9,38 +15,38 @@ Example:
 """
 
 from symnet import optim
-from symnet.backends import cuda
-from symnet.nn.activations import (
+from symnet.backends import compile, cuda
+from symnet.backends.cpu import TrainStep
+from symnet.io import load, save
+from symnet.nn import (
     GELU,
     Activation,
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
     LeakyReLU,
+    Linear,
     LogSoftmax,
+    Loss,
+    Module,
+    MSELoss,
+    NLLLoss,
+    Parameter,
     ReLU,
+    Sequential,
     Sigmoid,
     SiLU,
     Softmax,
     Softplus,
     Tanh,
+    manual_seed,
 )
-from symnet.symbolic.backprop import derive
-from symnet.symbolic.derivation import Derivation
-from symnet.nn.losses import (
-    BCELoss,
-    BCEWithLogitsLoss,
-    CrossEntropyLoss,
-    Loss,
-    MSELoss,
-    NLLLoss,
-)
-from symnet.nn.module import Linear, Module, Parameter, Sequential, manual_seed
-from symnet.io.serialization import load, save
-from symnet.backends.cpu import TrainStep, compile
-
-__version__ = "0.1.0"
+from symnet.symbolic import Derivation, derive
+from symnet.version import __version__
 
 __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Derivation", "GELU",
     "LeakyReLU", "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter",
-    "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "derive",
-    "manual_seed", "optim", "compile", "TrainStep", "save", "load", "cuda",
+    "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainStep",
+    "__version__", "compile", "cuda", "derive", "load", "manual_seed", "optim", "save",
 ]

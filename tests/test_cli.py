@@ -15,8 +15,8 @@ import pytest
 import sympy as sp
 
 import symnet.app.data
-from symnet.symbolic import rules
 from symnet.cli import main, parser
+from symnet.symbolic import rules
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,10 +7,8 @@ import pytest
 import sympy as sp
 
 import symnet as sn
-from symnet.symbolic import fuse
-from symnet.symbolic import printing
-from symnet.symbolic import rules
 from symnet.cli import main
+from symnet.symbolic import fuse, printing, rules
 
 
 def _derive(activation, reduction="sum"):

@@ -31,8 +31,8 @@ from numba import config  # noqa: E402
 from numba import cuda as numba_cuda  # noqa: E402
 
 import symnet as sn  # noqa: E402
-from symnet.backends.cuda import CudaTrainStep  # noqa: E402
 from symnet.backends.cpu import TrainStep  # noqa: E402
+from symnet.backends.cuda import CudaTrainStep  # noqa: E402
 
 torch = pytest.importorskip("torch")
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from symnet.backends.mpi import DistributedStep, SingleProcess
 from symnet.app.train import TrainConfig, train
+from symnet.backends.mpi import DistributedStep, SingleProcess
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
 needs_mpi = pytest.mark.skipif(

@@ -1,4 +1,5 @@
-"""Fusion (symnet.symbolic.fuse): softmax + cross-entropy into Ŷ − Y, and when it must not happen."""
+"""Fusion (symnet.symbolic.fuse): softmax + cross-entropy into Ŷ − Y, and when it must not
+happen."""
 
 from __future__ import annotations
 

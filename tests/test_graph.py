@@ -1,4 +1,5 @@
-"""Model + loss → forward equations (symnet.symbolic.graph): names, shapes, and their numeric meaning."""
+"""Model + loss → forward equations (symnet.symbolic.graph): names, shapes, and their
+numeric meaning."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Printing (symnet.symbolic.printing, symnet.symbolic.diagram): Unicode text, LaTeX and Mermaid in the seed's
-notation."""
+"""Printing (symnet.symbolic.printing, symnet.symbolic.diagram): Unicode text, LaTeX and
+Mermaid in the seed's notation."""
 
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ import pytest
 
 import symnet as sn
 from symnet.app.checkpoint import load_model
-from symnet.cli import main
 from symnet.app.data import load_digits
-from symnet.io.serialization import load_file, save_file
 from symnet.app.train import TrainConfig, evaluate_checkpoint, train
+from symnet.cli import main
+from symnet.io.serialization import load_file, save_file
 
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS = ["--dataset", "digits", "--layers", "64,16,10"]

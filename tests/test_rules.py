@@ -1,4 +1,5 @@
-"""Per-operation VJP rules (symnet.symbolic.rules) against SymPy's own calculus on explicit scalars."""
+"""Per-operation VJP rules (symnet.symbolic.rules) against SymPy's own calculus on explicit
+scalars."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from symnet.app.architecture import Architecture
-from symnet.cli import main
 from symnet.app.show import kernel_source
+from symnet.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = Architecture((784, 128, 10), "relu", "cross-entropy")

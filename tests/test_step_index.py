@@ -73,7 +73,7 @@ def test_optimizer_flags_change_the_key(second, tmp_path, monkeypatch):
     # Each variant has other update equations; reusing the first variant's kernel would
     # train differently from torch-semantics runtime updates, which the loss checks.
     monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
-    kernels._units.clear()
+    kernels.UNITS.clear()
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
 
@@ -97,7 +97,7 @@ def test_optimizer_flags_change_the_key(second, tmp_path, monkeypatch):
         return results
 
     fused_and_eager(dict(momentum=0.9))  # fills the index with the first variant
-    kernels._units.clear()  # the next compile must consult the index on disk
+    kernels.UNITS.clear()  # the next compile must consult the index on disk
     fused, eager = fused_and_eager(second)
     np.testing.assert_allclose(fused, eager, rtol=1e-12)
 
@@ -108,7 +108,7 @@ def test_entries_written_by_other_code_are_not_reused(tmp_path, monkeypatch):
     from symnet.backends import step_index
 
     monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
-    kernels._units.clear()
+    kernels.UNITS.clear()
     model = sn.Sequential(sn.Linear(3, 2))
     unit = sn.compile(model, sn.MSELoss(), sn.optim.SGD(model.parameters(), lr=0.1)).unit
     step_index.store(("a", "key"), unit)
@@ -135,7 +135,7 @@ def test_an_index_entry_is_data_never_code(damage, tmp_path, monkeypatch):
     # an entry is checked instead: a value that is not what store() writes is a damaged
     # entry, reported and rebuilt, and the step trains as one that was never cached.
     monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(kernels, "_units", {})
+    monkeypatch.setattr(kernels, "UNITS", {})
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((6, 5)), rng.integers(0, 3, 6)
 
@@ -153,7 +153,7 @@ def test_an_index_entry_is_data_never_code(damage, tmp_path, monkeypatch):
     marker = tmp_path / "planted-code-ran"
     damage(record, marker)
     index.write_text(json.dumps(record))
-    kernels._units.clear()  # the next compile must read the index on disk
+    kernels.UNITS.clear()  # the next compile must read the index on disk
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         again = train()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from symnet.cli import main
 from symnet.app.data import load_digits, train_test_split
 from symnet.app.train import TrainConfig, evaluate_checkpoint, save_checkpoint, train
+from symnet.cli import main
 
 
 def _last_accuracy(text: str) -> float:

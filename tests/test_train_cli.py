@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from symnet.cli import main
 from symnet.app.train import Diverged, TrainConfig, train
+from symnet.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["train", "--dataset", "digits", "--layers", "64,16,10", "--seed", "1"]

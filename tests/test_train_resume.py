@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import symnet as sn
+from symnet.app.train import TrainConfig, train
 from symnet.cli import main
 from symnet.io.serialization import load_file
-from symnet.app.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--dataset", "digits", "--layers", "64,16,10", "--optimizer", "adam", "--seed", "4",

@@ -17,8 +17,7 @@ import sympy as sp
 
 import symnet as sn
 from codegen.expr import Elementwise
-from symnet.symbolic import backprop
-from symnet.symbolic import rules
+from symnet.symbolic import backprop, rules
 from symnet.symbolic.graph import N
 from symnet.symbolic.verify import Check, Report, _zero
 

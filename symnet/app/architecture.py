@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from symnet.nn import activations
-from symnet.nn import losses
+from symnet.nn import activations, losses
 from symnet.nn.module import Linear, Module, Sequential
 
 ACTIVATIONS = {

@@ -18,8 +18,8 @@ import numpy as np
 
 import symnet as sn
 from codegen import cuda as cuda_render
-from symnet.backends import kernels
 from symnet.app.architecture import Architecture
+from symnet.backends import kernels
 from symnet.symbolic.graph import N
 
 #: optimizer name → class; the learning rate is a runtime scalar, absent from the source

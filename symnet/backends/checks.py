@@ -14,16 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from symnet.symbolic.graph import _leaf_layers
 from symnet.nn.module import Linear, Module
-
-
-def _first_linear(model: Module) -> tuple[str, Linear]:
-    found = next(((k, m) for k, m in _leaf_layers(model) if isinstance(m, Linear)), None)
-    if found is None:
-        raise ValueError(f"{type(model).__name__} has no Linear layer, so its input width "
-                         "is unknown")
-    return found
+from symnet.symbolic.graph import first_linear
 
 
 def _array(value, where, what: str) -> np.ndarray:
@@ -83,7 +75,7 @@ def check_inputs(model: Module, inputs, dtype,
 
     ``first`` is ``(key, layer)`` of the model's first Linear, when the caller knows it.
     """
-    key, layer = first or _first_linear(model)
+    key, layer = first or first_linear(model)
 
     def where() -> str:
         return f"{layer!r} (layer {key})"

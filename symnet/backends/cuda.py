@@ -36,22 +36,22 @@ Example:
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-import symnet
 from codegen import cuda as render
 from codegen.cache import load_module
 from codegen.ir import Program
-from symnet.backends import kernels
-from symnet.symbolic.backprop import derive
-from symnet.backends.checks import check_inputs, check_targets, not_finite_message
-from symnet.symbolic.graph import Graph, N
+from symnet.backends import eager, kernels
+from symnet.backends.checks import check_inputs
+from symnet.backends.step import Step
+from symnet.nn.devices import register
 from symnet.nn.losses import Loss
-from symnet.nn.module import Module, Parameter
+from symnet.nn.module import Module
+from symnet.nn.parameter import Parameter
 from symnet.optim import Optimizer
+from symnet.symbolic.graph import N
+from symnet.version import __version__
 
 INSTALL = "pip install 'numba-cuda[cu12]'  (or [cu13] for CUDA 13)"
 
@@ -96,9 +96,6 @@ def require():
     return cuda
 
 
-_require = require  # the earlier name
-
-
 def default_tile() -> int:
     """The matmul tile edge: 16 (256 threads per block); 4 under the simulator, which runs
     one Python thread per CUDA thread."""
@@ -125,6 +122,8 @@ class Mirror:
         ...     gpu = m.device(write=True)  # a kernel may change the device copy now
         ...     host = m.host(write=False)  # copied back once; later reads are free
     """
+
+    name = "cuda"  # the device it keeps the copy on
 
     def __init__(self, host: np.ndarray):
         self.cuda = require()
@@ -211,7 +210,7 @@ class DeviceState(dict):
             self._mirrors = {id(a): m for a in stored
                              if (m := self._mirrors.get(id(a))) is not None and m.array is a}
             found = self._mirrors[id(array)] = Mirror(array)
-            self._parameter._mirror.companions.add(found)
+            self._parameter._storage.companions.add(found)
         return found
 
     def _fetch(self, array: np.ndarray) -> np.ndarray:
@@ -242,39 +241,27 @@ class DeviceState(dict):
         return dict, (self.copy(),)
 
 
-def _temporaries(program: Program, leading: int, batch: int, provided, dtype) -> dict:
+def _temporaries(program: Program, accumulators: tuple[str, ...], leading: int, batch: int,
+                 provided, dtype) -> dict:
     """Device arrays for ``program``'s intermediates at this batch size, and its accumulators:
     every argument but the ``leading`` per-call ones and those ``provided``."""
     cuda = require()
     skip = set(program.arguments[:leading]) | set(provided)
-    temps = {n: cuda.device_array(kernels._shape(program.buffers[n].shape, batch), dtype)
+    temps = {n: cuda.device_array(kernels.concrete_shape(program.buffers[n].shape, batch), dtype)
              for n in program.arguments if n not in skip and n in program.buffers}
-    temps.update({n: cuda.device_array(1, np.float64) for n in render.accumulators(program)})
+    temps.update({n: cuda.device_array(1, np.float64) for n in accumulators})
     return temps
 
 
-@dataclass
-class _Compiled:
-    """A rendered, imported CUDA program (shared by every model of the same structure)."""
-
-    program: Program
-    function: Callable
-    source: str
-    graph: Graph | None = None
-    temporaries: tuple[int, dict] | None = None  # forward only: the last batch size's
-
-
-_units: dict[tuple, _Compiled] = {}
-
-
-def _compile(key: tuple, program: Program, dtype, tile: int, header: str) -> _Compiled:
-    if key not in _units:
-        source = render.render_module([program], N, dtype, tile, header=header)
-        options = {"dtype": np.dtype(dtype).name, "device": "cuda", "tile": tile,
-                   "symnet": symnet.__version__}
-        module = load_module(source, options)
-        _units[key] = _Compiled(program, getattr(module, program.name), source)
-    return _units[key]
+def _compile(program: Program, dtype, tile: int, header: str) -> kernels.Unit:
+    """Render ``program`` as CUDA kernels and their host driver, and import it."""
+    source = render.render_module([program], N, dtype, tile, header=header)
+    options = {"dtype": np.dtype(dtype).name, "device": "cuda", "tile": tile,
+               "symnet": __version__}
+    module = load_module(source, options)
+    return kernels.Unit({program.name: program}, {program.name: getattr(module, program.name)},
+                        source, dtype, options=options,
+                        accumulators=render.accumulators(program))
 
 
 def _on_device(model: Module, what: str) -> None:
@@ -297,33 +284,36 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
         >>> if is_available():  # doctest: +SKIP
         ...     out = model.to("cuda")(np.ones((4, 3), np.float32))  # calls this
     """
-    from symnet.backends.eager import _remember
-
     _on_device(model, "model(X)")
-    from numba import cuda  # importable: the parameters are already there
+    cuda = require()
     dtype = model.dtype
     X = check_inputs(model, inputs, dtype)
     tile = default_tile() if tile is None else tile
     key = ("cuda-forward", kernels.structure_key(model, None, dtype), tile)
-    if key not in _units:
+    if key not in kernels.UNITS:
         graph, program = kernels.forward_program(model)
-        _compile(key, program, dtype, tile, f"symnet CUDA forward: {model!r}").graph = graph
-    unit = _units[key]
+        unit = kernels.UNITS[key] = _compile(program, dtype, tile,
+                                             f"symnet CUDA forward: {model!r}")
+        unit.graph = graph
+    unit = kernels.UNITS[key]
+    program = unit.programs["forward"]
     by_key = dict(model.named_parameters())
-    arrays = {name: by_key[k]._mirror.device(write=False) for name, k in unit.graph.params.items()}
+    arrays = {name: by_key[k]._storage.device(write=False) for name, k in
+              unit.graph.params.items()}
     batch = X.shape[0]
-    if unit.temporaries is None or unit.temporaries[0] != batch:
-        unit.temporaries = (batch, _temporaries(unit.program, 1, batch, arrays, dtype))
-    arrays.update(unit.temporaries[1])
+    if batch not in unit._buffers:  # the last batch size's temporaries only
+        unit._buffers = {batch: _temporaries(program, unit.accumulators, 1, batch, arrays,
+                                             dtype)}
+    arrays.update(unit._buffers[batch])
     arrays[kernels.INPUT] = cuda.to_device(X)
-    unit.function(*(arrays[n] for n in unit.program.arguments),
-                  *(arrays[n] for n in render.accumulators(unit.program)))
+    unit.functions["forward"](*(arrays[n] for n in program.arguments),
+                              *(arrays[n] for n in unit.accumulators))
     output = arrays[unit.graph.output].copy_to_host()
-    _remember(output, model, X)
+    eager.remember(output, model, X)
     return output
 
 
-class CudaTrainStep:
+class CudaTrainStep(Step):
     """``step(X, y) -> float`` on the GPU, for a model moved there with ``model.to("cuda")``.
 
     ``sn.compile(model, loss, optimizer)`` returns one for a cuda model.  The parameters are
@@ -333,51 +323,50 @@ class CudaTrainStep:
     brings everything home, and ``sync()`` does so now without leaving the GPU.
 
     ``tile`` is the matmul tile edge (`default_tile`: 16, or 4 under the simulator).
-    ``check_finite=True`` checks the loss and every gradient on the device before the updates
-    (one extra 1-element copy back per step): when one is NaN/Inf no update kernel runs, and
-    the step raises ``FloatingPointError`` with parameters, optimizer state and
-    ``step_count`` unchanged, as `symnet.backends.cpu.TrainStep` does.
+    ``check_finite`` (the default) checks the loss and every gradient on the device before
+    the updates (one extra 1-element copy back per step): when one is NaN/Inf no update
+    kernel runs, and the step raises ``FloatingPointError`` with parameters, optimizer state
+    and ``step_count`` unchanged, as `symnet.backends.cpu.TrainStep` does.  A step compiled
+    before, in this process or (through the step index) an earlier one, is loaded without
+    any SymPy work, as on the CPU.
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,
                  tile: int | None = None, *, check_finite: bool = True):
         self.cuda = require()
-        if [id(p) for p in optimizer.params] != [id(p) for p in model.parameters()] or \
-                len({id(p) for p in model.parameters()}) != len(optimizer.params):
-            raise ValueError("compile: the optimizer must hold exactly model.parameters(), "
-                             "in order")
         _on_device(model, "CudaTrainStep")
-        self.model, self.loss, self.optimizer = model, loss, optimizer
-        self.dtype = model.dtype
-        self.check_finite = bool(check_finite)
-        self.derivation = derive(model, loss, optimizer)
+        super().__init__(model, loss, optimizer, check_finite=check_finite)
         tile = default_tile() if tile is None else tile
         key = ("cuda-step", kernels.structure_key(model, loss, self.dtype), tile,
                kernels.update_signature(optimizer), self.check_finite)
-        if key not in _units:
-            program = kernels.step_program(self.derivation, loss, self.check_finite)
-            _compile(key, program, self.dtype, tile,
-                     f"symnet CUDA train step: {model!r}, {loss!r}, {optimizer!r}")
-        unit = _units[key]
-        self.program, self.function, self._source = unit.program, unit.function, unit.source
+        self.unit = self._unit(key, lambda: self._compile(tile))
+        self.program = self.unit.programs["train_step"]
+        self.function = self.unit.functions["train_step"]
         self._batch_buffers: tuple[int, dict] | None = None
         self._inputs: dict = {}  # the batch's device arrays, reused while the shape holds
-        self._outputs = int(self.derivation.graph.target.shape[0])  # a SymPy Integer there
         self._resident()  # uploads the optimizer state now, and checks dtypes and devices
+
+    def _compile(self, tile: int) -> kernels.Unit:
+        d = self.derivation
+        program = kernels.step_program(d, self.loss, self.check_finite)
+        unit = _compile(program, self.dtype, tile, f"symnet CUDA train step: {self.model!r}, "
+                                                   f"{self.loss!r}, {self.optimizer!r}")
+        unit.params, unit.outputs = dict(d.graph.params), int(d.graph.target.shape[0])
+        return unit
 
     def source(self) -> str:
         """The generated CUDA source: kernels commented with their formulas, then the driver."""
-        return self._source
+        return self.unit.source
 
     def _mirrors(self) -> dict[str, Mirror]:
         """Each parameter and optimizer-state argument's device copy, by program name."""
         for i, (parameter, state) in enumerate(zip(self.optimizer.params, self.optimizer.state)):
             if not isinstance(state, DeviceState):
                 self.optimizer.state[i] = DeviceState(parameter, state)
-        arrays = kernels.step_state(self.model, self.optimizer, self.derivation.graph.params,
-                                    self.dtype, "cuda")
+        arrays = kernels.step_state(self.model, self.optimizer, self.unit.params, self.dtype,
+                                    "cuda")
         index = {id(p): k for k, p in enumerate(self.optimizer.params)}
-        return {name: parameter._mirror if array is parameter._host else
+        return {name: parameter._storage if array is parameter._host else
                 self.optimizer.state[index[id(parameter)]].mirror(array)
                 for name, (array, parameter) in arrays.items()}
 
@@ -405,8 +394,8 @@ class CudaTrainStep:
     def _buffers(self, batch: int, resident) -> dict:
         """Temporaries on the device, allocated once per batch size."""
         if self._batch_buffers is None or self._batch_buffers[0] != batch:
-            self._batch_buffers = (batch, _temporaries(self.program, 2, batch, resident,
-                                                       self.dtype))
+            self._batch_buffers = (batch, _temporaries(self.program, self.unit.accumulators, 2,
+                                                       batch, resident, self.dtype))
         return self._batch_buffers[1]
 
     def _upload(self, name: str, host: np.ndarray):
@@ -420,28 +409,52 @@ class CudaTrainStep:
         return device
 
     def __call__(self, inputs, targets) -> float:
-        X = check_inputs(self.model, inputs, self.dtype)
-        batch = X.shape[0]
-        Y = check_targets(self.loss, targets, batch, self._outputs, self.dtype)
+        X, Y = self._batch(inputs, targets, self.unit.outputs)
         resident = self._resident()
-        arrays = {**self._buffers(batch, resident), **resident}
+        arrays = {**self._buffers(X.shape[0], resident), **resident}
         for name, host in zip(self.program.arguments[:2], (X, Y)):
             arrays[name] = self._upload(name, host)
-        hyper = {**self.optimizer.hyperparameters(), "t": self.optimizer.step_count + 1}
         value = self.function(*(arrays[n] for n in self.program.arguments),
-                              *(hyper[s] if s == "t" else self.dtype(hyper[s])
-                                for s in self.program.scalars),
-                              *(arrays[n] for n in render.accumulators(self.program)))
-        if self.check_finite:
-            value, finite = value
-            if not finite:  # no update kernel ran: the device copies are as they were
-                wanted = self.loss.prediction_range is not None and "Yhat" in arrays
-                prediction = arrays["Yhat"].copy_to_host() if wanted else None
-                raise FloatingPointError(not_finite_message(
-                    self.optimizer.step_count + 1, value, self.loss, prediction))
-        self.optimizer.step_count += 1
-        return float(value)
+                              *self._scalars(self.program.scalars),
+                              *(arrays[n] for n in self.unit.accumulators))
+        if not self.check_finite:
+            return self._finish(value)
+        value, finite = value
+        # No update kernel ran on a refused step: the device copies are as they were.
+        wanted = not finite and self.loss.prediction_range is not None and "Yhat" in arrays
+        return self._finish(value, finite, arrays["Yhat"].copy_to_host() if wanted else None)
 
     def __repr__(self) -> str:
         guard = "" if self.check_finite else ", check_finite=False"
         return f"CudaTrainStep({self.model!r}, {self.loss!r}, {self.optimizer!r}{guard})"
+
+
+class CudaBackend:
+    """The GPU's entry in the device table: `Mirror` storage, ``@cuda.jit`` kernels."""
+
+    name = "cuda"
+
+    def require(self) -> None:
+        require()
+
+    def storage(self, host: np.ndarray) -> Mirror:
+        return Mirror(host)
+
+    def forward(self, model: Module, inputs) -> np.ndarray:
+        return forward(model, inputs)
+
+    def loss(self, loss: Loss, output, target) -> eager.LossValue:
+        return eager.loss_value(loss, output, target)  # host kernels on fetched values
+
+    def update(self, optimizer: Optimizer) -> None:
+        eager.optimizer_step(optimizer)
+
+    def compile(self, model: Module, loss: Loss, optimizer: Optimizer, *, parallel: bool,
+                check_finite: bool) -> CudaTrainStep:
+        if parallel:
+            raise ValueError("compile: parallel=True runs the CPU kernels on several threads; "
+                             "it does not apply to a model on 'cuda'")
+        return CudaTrainStep(model, loss, optimizer, check_finite=check_finite)
+
+
+register(CudaBackend())

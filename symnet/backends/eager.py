@@ -27,7 +27,7 @@ from symnet.nn.module import Module
 _tape: dict[int, tuple] = {}
 
 
-def _remember(output: np.ndarray, model: Module, inputs: np.ndarray) -> None:
+def remember(output: np.ndarray, model: Module, inputs: np.ndarray) -> None:
     key = id(output)
     _tape[key] = (weakref.ref(output), model, inputs)
     weakref.finalize(output, _tape.pop, key, None)
@@ -43,7 +43,7 @@ def forward(model: Module, inputs) -> np.ndarray:
     unit.functions["forward"](*args)
     output = unit.buffers("forward", X.shape[0], provided)[
         unit.programs["forward"].arguments.index(unit.graph.output)].copy()
-    _remember(output, model, X)
+    remember(output, model, X)
     return output
 
 

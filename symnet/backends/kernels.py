@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-import symnet
 from codegen.cache import load_module
 from codegen.cpu import render_module
 from codegen.ir import Program
 from codegen.lower import lower
-from symnet.symbolic.backprop import backward, gradient_symbol
-from symnet.symbolic.graph import Graph, N, build
 from symnet.nn.losses import Loss, MSELoss
 from symnet.nn.module import Module, Parameter
 from symnet.optim import Optimizer
+from symnet.symbolic.backprop import backward, gradient_symbol
+from symnet.symbolic.graph import Graph, N, build
+from symnet.version import __version__
 
 #: argument names the caller supplies per call
 INPUT, LABELS, TARGET = "X", "labels", "Y"
@@ -48,6 +48,10 @@ class Unit:
     params: dict[str, str] = field(default_factory=dict)
     #: a train step's output width (rows of its target)
     outputs: int = 0
+    #: a CUDA program's trailing 1-element accumulators (`codegen.cuda.accumulators`)
+    accumulators: tuple[str, ...] = ()
+    #: a model unit's graph (which symbol is which parameter, the output)
+    graph: Graph | None = None
 
     def buffers(self, name: str, batch: int, provided: dict[str, np.ndarray]) -> list:
         """Arguments of program ``name`` after the leading ones, allocated once per batch."""
@@ -55,13 +59,13 @@ class Unit:
         key = (name, batch)
         if key not in self._buffers:
             self._buffers[key] = {
-                n: np.empty(_shape(program.buffers[n].shape, batch), self.dtype)
+                n: np.empty(concrete_shape(program.buffers[n].shape, batch), self.dtype)
                 for n in program.arguments if n not in provided and n in program.buffers}
         allocated = self._buffers[key]
         return [provided[n] if n in provided else allocated[n] for n in program.arguments]
 
 
-def _shape(shape: tuple, batch: int) -> tuple[int, ...]:
+def concrete_shape(shape: tuple, batch: int) -> tuple[int, ...]:
     return tuple(int(d.subs(N, batch)) if isinstance(d, sp.Expr) else int(d) for d in shape)
 
 
@@ -104,7 +108,7 @@ def step_program(derivation, loss: Loss, check_finite: bool = False,
 def compile_unit(programs: list[Program], dtype, parallel: bool, title: str) -> Unit:
     source = render_module(programs, N, parallel, header=title, real=np.dtype(dtype).name)
     options = {"dtype": np.dtype(dtype).name, "parallel": parallel,
-               "symnet": symnet.__version__}
+               "symnet": __version__}
     module = load_module(source, options)
     return Unit({p.name: p for p in programs}, {p.name: getattr(module, p.name)
                                                  for p in programs}, source, dtype, parallel,
@@ -120,7 +124,8 @@ def update_signature(optimizer) -> tuple[str, ...]:
                                                                           gradient_symbol(P))))
 
 
-_units: dict[tuple, Unit] = {}
+#: compiled units of this process, by what decides their source (every backend's)
+UNITS: dict[tuple, Unit] = {}
 
 
 def step_state(model: Module, optimizer: Optimizer, params: dict[str, str], dtype,
@@ -130,8 +135,8 @@ def step_state(model: Module, optimizer: Optimizer, params: dict[str, str], dtyp
     ``params`` maps program names to state-dict keys (``Graph.params``).  ``W1`` → (that
     parameter's values, the parameter); ``mW1`` → (its optimizer state ``m``, the parameter).
     The arrays are the host arrays as stored, never fetched from a GPU: the CPU step uses
-    them, the CUDA step (`symnet.backends.cuda`) maps each to its device copy.  Shared by both steps,
-    so they agree on names and refuse the same mistakes (dtype, device) the same way.
+    them, the CUDA step (`symnet.backends.cuda`) maps each to its device copy.  Shared by
+    both steps, so they agree on names and refuse the same mistakes (dtype, device) alike.
 
     Example:
         >>> import numpy as np, symnet as sn
@@ -176,7 +181,7 @@ def forward_program(model: Module, loss: Loss | None = None) -> tuple[Graph, Pro
 def model_unit(model: Module, loss: Loss | None, dtype, parallel: bool = False) -> Unit:
     """``forward(X, …)`` and, with a loss, ``gradients(X, target, …) -> L``."""
     key = ("model", structure_key(model, loss, dtype), parallel)
-    if key not in _units:
+    if key not in UNITS:
         graph, forward = forward_program(model, loss)
         programs = [forward]
         if loss is not None:
@@ -184,9 +189,9 @@ def model_unit(model: Module, loss: Loss | None, dtype, parallel: bool = False) 
             grads = frozenset(gradient_symbol(graph.symbol(p)).name for p in graph.params)
             programs.append(lower("gradients", graph.forward + backward(graph), N, leading,
                                   grads | {graph.output}, one_hot))
-        _units[key] = compile_unit(programs, dtype, parallel, f"symnet kernels for {model!r}")
-        _units[key].graph = graph
-    return _units[key]
+        UNITS[key] = compile_unit(programs, dtype, parallel, f"symnet kernels for {model!r}")
+        UNITS[key].graph = graph
+    return UNITS[key]
 
 
 def optimizer_unit(optimizer, dtype) -> Unit:
@@ -194,7 +199,7 @@ def optimizer_unit(optimizer, dtype) -> Unit:
     config = tuple(sorted((k, bool(v) if k != "lr" else 0) for k, v in
                           optimizer.defaults.items() if not isinstance(v, tuple)))
     key = ("optimizer", type(optimizer).__name__, config, np.dtype(dtype).name)
-    if key not in _units:
+    if key not in UNITS:
         R, C = sp.symbols("R C", integer=True, positive=True)
         programs = []
         for name, shape in (("update_matrix", (R, C)), ("update_vector", (R, 1))):
@@ -203,5 +208,5 @@ def optimizer_unit(optimizer, dtype) -> Unit:
             keep = frozenset({"P", *(pre + "P" for pre in optimizer.state_prefixes)})
             leading = ("P", "dP", *(pre + "P" for pre in optimizer.state_prefixes))
             programs.append(lower(name, eqs, N, leading, keep))
-        _units[key] = compile_unit(programs, dtype, False, f"symnet {optimizer!r} updates")
-    return _units[key]
+        UNITS[key] = compile_unit(programs, dtype, False, f"symnet {optimizer!r} updates")
+    return UNITS[key]

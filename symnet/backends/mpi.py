@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from symnet.backends import kernels
-from symnet.backends.checks import check_inputs, check_targets, not_finite_message
+from symnet.backends.step import Step
 from symnet.nn.losses import Loss
 from symnet.nn.module import Module
 from symnet.optim import Optimizer
@@ -125,7 +125,7 @@ def broadcast_parameters(model: Module, comm=None, root: int = 0) -> None:
         offset += p.data.size
 
 
-class DistributedStep:
+class DistributedStep(Step):
     """``step(X, y) -> float``: one data-parallel training step on the *global* batch.
 
     Every rank passes the same ``X, y``; rank r computes gradients on its contiguous shard
@@ -146,21 +146,12 @@ class DistributedStep:
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, comm=None,
                  parallel: bool = False, *, check_finite: bool = True, timed: bool = False):
-        if [id(p) for p in optimizer.params] != [id(p) for p in model.parameters()] or \
-                len({id(p) for p in optimizer.params}) != len(optimizer.params):
-            raise ValueError("DistributedStep: the optimizer must hold exactly "
-                             "model.parameters(), in order")
-        self.model, self.loss, self.optimizer = model, loss, optimizer
-        self.comm = world(comm)
-        self.dtype = model.dtype
-        self.check_finite = bool(check_finite)
         moved = [(key, p.device) for key, p in model.named_parameters() if p.device != "cpu"]
         if moved:
             raise ValueError(f"DistributedStep runs on the CPU; parameter {moved[0][0]} is on "
                              f"{moved[0][1]!r}: call model.to('cpu') first")
-        if any(p.data.dtype != self.dtype for p in optimizer.params):
-            raise TypeError("DistributedStep: all parameters must share one dtype; "
-                            "call model.to(dtype) first")
+        super().__init__(model, loss, optimizer, check_finite=check_finite)
+        self.comm = world(comm)
         self.unit = kernels.model_unit(model, loss, self.dtype, parallel)
         self.updates = kernels.optimizer_unit(optimizer, self.dtype)
         self.program = self.unit.programs["gradients"]
@@ -188,16 +179,13 @@ class DistributedStep:
                   file=sys.stderr, flush=True)
             self.comm.Abort(1)
             raise  # Abort does not return; this keeps a mocked comm honest
-        if not finite:  # every rank reduced the same buffer, so every rank raises this
-            raise FloatingPointError(not_finite_message(
-                self.optimizer.step_count + 1, value, self.loss))
-        return value
+        # every rank reduced the same buffer, so every rank counts the step or raises alike
+        return self._finish(value, finite)
 
     def _step(self, inputs, targets) -> tuple[float, bool]:
         start = time.perf_counter()
-        X = check_inputs(self.model, inputs, self.dtype)
+        X, Y = self._batch(inputs, targets, self.outputs)
         batch = X.shape[0]
-        Y = check_targets(self.loss, targets, batch, self.outputs, self.dtype)
         rows = shard(batch, self.comm.Get_size(), self.comm.Get_rank())
         count = rows.stop - rows.start
         self.buffer[:] = 0
@@ -238,22 +226,20 @@ class DistributedStep:
             for name, p, grad in zip(self._names, self.optimizer.params, self.gradients):
                 fixed[name], fixed["d" + name] = p.kernel_array(), grad
             args = [fixed[n] if n in fixed else
-                    np.empty(kernels._shape(self.program.buffers[n].shape, count), self.dtype)
+                    np.empty(kernels.concrete_shape(self.program.buffers[n].shape, count),
+                             self.dtype)
                     for n in self.program.arguments[2:]]
             cached = self._arguments[count] = (identity, args)
         return cached[1]
 
     def _update(self) -> None:
         optimizer = self.optimizer
-        hyper = {**optimizer.hyperparameters(), "t": optimizer.step_count + 1}
         for p, state, grad in zip(optimizer.params, optimizer.state, self.gradients):
             name = "update_vector" if len(p.shape) == 1 else "update_matrix"
             # Scalars in the model's dtype, as the fused step passes them.
-            scalars = [hyper[s] if s == "t" else self.dtype(hyper[s])
-                       for s in self.updates.programs[name].scalars]
             self.updates.functions[name](p.kernel_array(), grad,
-                                         *optimizer.state_arrays(p, state), *scalars)
-        optimizer.step_count += 1
+                                         *optimizer.state_arrays(p, state),
+                                         *self._scalars(self.updates.programs[name].scalars))
 
 
 def training_step(model: Module, loss: Loss, optimizer: Optimizer, device: str = "cpu",

@@ -35,12 +35,12 @@ import numba
 import sympy as sp
 
 import codegen
-import symnet
 from codegen import blas
 from codegen.cache import cache_dir, entry_name, load_module
 from codegen.ir import Buffer, Program
-from symnet.symbolic.graph import N
 from symnet.backends.kernels import Unit
+from symnet.symbolic.graph import N
+from symnet.version import __version__
 
 FORMAT = "1"
 
@@ -50,8 +50,7 @@ def code_version() -> str:
     """A hash of symnet's and codegen's own source: an entry written by other code (a new
     release, or a working tree being edited) is never reused, even under one version."""
     digest = hashlib.sha256()
-    for package in (symnet, codegen):
-        root = Path(package.__file__).parent
+    for root in (Path(__file__).parents[1], Path(codegen.__file__).parent):  # symnet/, codegen/
         for path in sorted(root.rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode())
             digest.update(path.read_bytes())
@@ -59,20 +58,21 @@ def code_version() -> str:
 
 
 def _path(key: tuple):
-    text = json.dumps([key, FORMAT, symnet.__version__, code_version(), numba.__version__,
+    text = json.dumps([key, FORMAT, __version__, code_version(), numba.__version__,
                        sys.version_info[:2], blas.choice()], default=str)
     return cache_dir() / f"step_{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
 
 
 def store(key: tuple, unit: Unit) -> None:
-    """Remember that ``key`` compiles to ``unit`` (a one-program train step)."""
+    """Remember that ``key`` compiles to ``unit`` (a one-program train step, any backend)."""
     (program,) = unit.programs.values()
     record = {"entry": entry_name(unit.source, unit.options), "options": unit.options,
               "name": program.name, "arguments": list(program.arguments),
               "scalars": list(program.scalars), "returns": program.returns,
               "buffers": {n: [_dimension_text(d) for d in b.shape]
                           for n, b in program.buffers.items()},
-              "params": unit.params, "outputs": unit.outputs}
+              "params": unit.params, "outputs": unit.outputs,
+              "accumulators": list(unit.accumulators)}
     path = _path(key)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
@@ -115,7 +115,7 @@ FIELDS = {
     "arguments": _names, "scalars": _names, "returns": lambda v: v is None or isinstance(v, str),
     "buffers": lambda v: isinstance(v, dict) and all(isinstance(s, list) for s in v.values()),
     "params": lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
-    "outputs": lambda v: type(v) is int,
+    "outputs": lambda v: type(v) is int, "accumulators": _names,
 }
 
 
@@ -156,6 +156,7 @@ def lookup(key: tuple, dtype) -> Unit | None:
         module = load_module(source, options)
         return Unit({program.name: program}, {program.name: getattr(module, program.name)},
                     source, dtype, bool(options.get("parallel")), options=options,
-                    params=dict(record["params"]), outputs=record["outputs"])
+                    params=dict(record["params"]), outputs=record["outputs"],
+                    accumulators=tuple(record["accumulators"]))
     except (OSError, ValueError, AttributeError):
         return None

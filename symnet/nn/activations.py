@@ -23,13 +23,13 @@ from symnet.nn.module import Module
 x = sp.Symbol("x", real=True)
 
 
-def _check_name(name: str, what: str) -> str:
+def check_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise ValueError(f"{what} name {name!r} is not a valid Python identifier")
     return name
 
 
-def _check_label(label: str | None, name: str, what: str) -> str:
+def check_label(label: str | None, name: str, what: str) -> str:
     """A label is free text for printing: any printable characters (each printer escapes
     what is markup in its format), but no newline or other control character, which would
     forge lines of printed output.  None or empty means the name."""
@@ -91,11 +91,11 @@ class Activation(Module):
 
     def __init__(self, name: str, expr: sp.Expr, var: sp.Symbol, label: str | None = None):
         super().__init__()
-        self.name = _check_name(name, "activation")
+        self.name = check_name(name, "activation")
         expr = _check_elementwise(expr, var, f"activation {name!r}")
         # One canonical real variable, so equal formulas derive and cache alike.
         self.expr = expr.xreplace({var: x})
-        self.label = _check_label(label, name, f"activation {name!r}")
+        self.label = check_label(label, name, f"activation {name!r}")
         self.var = x
 
     def __repr__(self) -> str:

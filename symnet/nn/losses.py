@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from symnet.nn.activations import _check_label, _check_name, check_closed_form
+from symnet.nn.activations import check_closed_form, check_label, check_name
+from symnet.nn.devices import backend
 
 p, y = sp.symbols("p y", real=True)
 REDUCTIONS = ("mean", "sum")
@@ -46,7 +47,7 @@ class Loss:
 
     def __init__(self, name: str, expr: sp.Expr, pred: sp.Symbol, target: sp.Symbol,
                  reduction: str = "mean", label: str | None = None):
-        self.name = _check_name(name, "loss")
+        self.name = check_name(name, "loss")
         what = f"loss {name!r}"
         for role, s in (("pred", pred), ("target", target)):
             if not isinstance(s, sp.Symbol):
@@ -68,15 +69,15 @@ class Loss:
             raise ValueError(f"{what}: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.expr = expr.xreplace({pred: p, target: y})
         self.reduction = reduction
-        self.label = _check_label(label, name, what)
+        self.label = check_label(label, name, what)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
     def __call__(self, output, target):
-        from symnet.backends.eager import loss_value
-
-        return loss_value(self, output, target)
+        """The loss of ``model(X)``'s output: a value whose ``backward()`` fills ``p.grad``
+        (the CPU backend's gradient kernels, whatever the model's device)."""
+        return backend("cpu").loss(self, output, target)
 
 
 def _builtin(name: str, expr: sp.Expr, doc: str, **attrs):

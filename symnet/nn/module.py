@@ -1,11 +1,12 @@
 """Modules own parameters (numpy arrays) and say which operation they contribute.
 
-Nothing is computed at declaration: `symnet.symbolic.graph` turns a model into equations, and the
-compiled kernels run them.
+Nothing is computed at declaration: `symnet.symbolic.graph` turns a model into equations,
+and the compiled kernels run them.
 
-Devices: ``model.to("cuda")`` gives every parameter a copy on the GPU (a `symnet.backends.cuda.Mirror`)
-which the compiled CUDA step trains in place; ``Parameter.data`` and ``state_dict()`` always
-hand out host numpy arrays, copied back from the GPU when the device values are newer.
+Devices: ``model.to("cuda")`` gives every parameter a copy on the GPU (a `Storage` the CUDA
+backend makes, found by name in `symnet.nn.devices`) which the compiled CUDA step trains in
+place; ``Parameter.data`` and ``state_dict()`` always hand out host numpy arrays, copied back
+from the GPU when the device values are newer.
 
 Example:
     >>> import symnet as sn
@@ -16,17 +17,15 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
 
+from symnet.nn.devices import backend, check_device, is_device
+from symnet.nn.parameter import Parameter, check_dtype
+
 _rng = np.random.default_rng()
-DTYPES = (np.float32, np.float64)
-DEVICES = ("cpu", "cuda")
-#: the module whose ``forward(model, X)`` runs ``model(X)``, by device (imported on first use)
-FORWARD = {"cpu": "symnet.backends.eager", "cuda": "symnet.backends.cuda"}
 
 
 def manual_seed(seed: int) -> None:
@@ -40,214 +39,6 @@ def manual_seed(seed: int) -> None:
     """
     global _rng
     _rng = np.random.default_rng(seed)
-
-
-def generator() -> np.random.Generator:
-    """The generator `manual_seed` set."""
-    return _rng
-
-
-def check_dtype(dtype) -> type:
-    """Return numpy's float32 or float64 type for ``dtype``, or raise a clear TypeError."""
-    try:
-        resolved = np.dtype(dtype).type
-    except TypeError:
-        resolved = None
-    if resolved not in DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
-    return resolved
-
-
-def _device_text(value) -> str | None:
-    """A device's name: a string, or the text of a ``torch.device``; None for anything else."""
-    if isinstance(value, str):
-        return value
-    return str(value) if type(value).__name__ == "device" and hasattr(value, "type") else None
-
-
-def is_device(value) -> bool:
-    """Whether ``value`` names a device (``"cpu"``, ``"cuda:0"``…) rather than a dtype."""
-    text = _device_text(value)
-    return text is not None and text.split(":")[0] in DEVICES
-
-
-def check_device(device) -> str:
-    """``"cpu"`` or ``"cuda"`` for ``device`` (``"cuda:0"`` is ``"cuda"``), or a clear ValueError.
-
-    Example:
-        >>> check_device("cuda:0"), check_device("cpu")
-        ('cuda', 'cpu')
-    """
-    text = _device_text(device)
-    if text in DEVICES or text == "cuda:0":
-        return text.split(":")[0]
-    if is_device(device):
-        raise ValueError(f"device {device!r}: symnet uses one GPU, Numba's current device: "
-                         f"write 'cuda' (or 'cuda:0'; pick the GPU with CUDA_VISIBLE_DEVICES)")
-    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-
-
-class Parameter:
-    """A learnable array and its accumulated gradient (``None`` until a backward pass).
-
-    On the GPU (after ``module.to("cuda")``) the parameter owns a device copy of its values
-    (a `symnet.backends.cuda.Mirror`, which also knows the device copies of the optimizer state a
-    CUDA step keeps beside them, so moving the parameter home brings those home too).  The
-    step trains the copies in place: between steps nothing crosses the bus.
-    ``data`` is still the host numpy array: reading it first copies the
-    values back when the GPU's are newer, and since the caller may then write into it, the GPU
-    copy is refreshed from it before the device next reads it.  Hold the parameter, not
-    ``p.data``, across steps: an array fetched before a step does not see that step.
-
-    Example:
-        >>> import numpy as np, symnet as sn
-        >>> p = sn.Parameter(np.zeros((2, 3), np.float32))
-        >>> p.shape, p.device
-        ((2, 3), 'cpu')
-    """
-
-    def __init__(self, data: np.ndarray):
-        array = np.asarray(data)
-        if array.dtype.type not in DTYPES:
-            raise TypeError(f"Parameter: dtype must be float32 or float64, got {array.dtype} "
-                            f"(convert with .astype(np.float32))")
-        self._host = np.ascontiguousarray(array)
-        # The declared shape and dtype: fixed, so every kernel call can check the array it
-        # is handed (`kernel_array`) even after in-place numpy changes (``a.shape = …``).
-        self._shape, self._dtype = self._host.shape, self._host.dtype
-        self._mirror = None  # a symnet.backends.cuda.Mirror of _host while on the GPU
-        self._owner: tuple | None = None  # (module, name) once a module registers it
-        self.grad: np.ndarray | None = None
-
-    @property
-    def data(self) -> np.ndarray:
-        """The values as a host array (current: copied back from the GPU if newer there)."""
-        if self._mirror is not None:
-            self._mirror.host(write=True)
-        return self._host
-
-    @data.setter
-    def data(self, value: np.ndarray) -> None:
-        """New values of the same shape, adopted as a C-contiguous array of the parameter's
-        dtype (a converted copy when needed); any other shape is a ValueError, and nothing
-        changes.  (``module.to(dtype)`` changes the dtype.)"""
-        self._replace(self.checked(value, "data"))
-
-    def checked(self, value, what: str = "values") -> np.ndarray:
-        """``value`` as a C-contiguous array of this parameter's shape and dtype, or a clear
-        error naming the parameter (nothing is changed either way).
-
-        Example:
-            >>> import numpy as np, symnet as sn
-            >>> sn.Linear(4, 16).weight.checked(np.zeros((2, 4)))
-            Traceback (most recent call last):
-            ...
-            ValueError: Linear(4, 16).weight: values of shape (2, 4) given, but the parameter \
-has shape (16, 4) (a parameter's shape is fixed: build a new layer for another shape)
-        """
-        try:
-            array = np.asarray(value)
-        except (TypeError, ValueError) as e:  # ragged lists
-            raise ValueError(f"{self._label}: {what} is not a rectangular array: {e}") from None
-        if array.dtype.kind not in "fiub":
-            raise TypeError(f"{self._label}: {what} of dtype {array.dtype} given, expected "
-                            f"numbers ({self.dtype})")
-        if array.shape != self._shape:
-            raise ValueError(f"{self._label}: {what} of shape {array.shape} given, but the "
-                             f"parameter has shape {self._shape} (a parameter's shape is fixed: "
-                             f"build a new layer for another shape)")
-        return np.ascontiguousarray(array, dtype=self._dtype)
-
-    @property
-    def _label(self) -> str:
-        """``Linear(4, 16).weight`` once registered (errors name it), else ``Parameter``."""
-        if self._owner is None:
-            return "Parameter"
-        module, name = self._owner
-        return f"{module!r}.{name}" if not isinstance(module, str) else f"{module}.{name}"
-
-    def kernel_array(self, *, fetch: bool = False, write: bool = False) -> np.ndarray:
-        """The host array, after checking that it still has the declared shape, dtype and
-        layout: no kernel is handed an array it did not expect.
-
-        As stored (no copy from the GPU) unless ``fetch``: then a GPU copy's newer values are
-        copied back first, for a host kernel that reads them (the eager path on a cuda
-        model); ``write`` says that kernel changes them, so the GPU copy is refreshed before
-        the device next reads it."""
-        if fetch and self._mirror is not None:
-            self._mirror.host(write=write)
-        a = self._host
-        if a.shape != self._shape or a.dtype != self._dtype or not a.flags.c_contiguous:
-            raise ValueError(f"{self._label}: its array was changed in place to shape {a.shape}"
-                             f", dtype {a.dtype}{'' if a.flags.c_contiguous else ', strided'}; "
-                             f"expected C-contiguous {self._dtype} of shape {self._shape} "
-                             f"(assign new values with p.data = …)")
-        return a
-
-    def _replace(self, value: np.ndarray) -> None:
-        """Hold ``value`` (already checked or converted) from now on, on every device."""
-        if self._mirror is not None:  # a new array: a new copy on the GPU
-            self._mirror = self._mirror.replaced(value)
-        self._host = value
-        self._shape, self._dtype = value.shape, value.dtype
-
-    def _retype(self, dtype) -> None:
-        """Convert to ``dtype`` (`Module.to`), keeping the shape; the gradient follows."""
-        self._replace(np.ascontiguousarray(self.data, dtype=dtype))
-        self.grad = None if self.grad is None else self.grad.astype(dtype)
-
-    def _read(self) -> np.ndarray:
-        """The current values for reading only (the GPU copy stays valid)."""
-        return self._host if self._mirror is None else self._mirror.host(write=False)
-
-    def _assign(self, values: np.ndarray) -> None:
-        """Overwrite the values in place, on the host and (at once) on the GPU."""
-        if self._mirror is None:
-            self._host[...] = values
-        else:
-            self._mirror.assign(values)
-
-    def _move(self, device: str) -> None:
-        """Give the values a GPU copy (``"cuda"``) or bring them home and drop it (``"cpu"``)."""
-        if device == "cuda" and self._mirror is None:
-            from symnet.backends.cuda import Mirror
-
-            self._mirror = Mirror(self._host)
-        elif device == "cpu" and self._mirror is not None:
-            self._mirror.release()
-            self._mirror = None
-
-    @property
-    def device(self) -> str:
-        """``"cpu"``, or ``"cuda"`` while the values live on the GPU."""
-        return "cpu" if self._mirror is None else "cuda"
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
-
-    def __getstate__(self) -> dict:
-        """For pickle and ``copy.deepcopy``: the current values and the device, no GPU handle."""
-        return {"data": self._read(), "grad": self.grad, "device": self.device,
-                "owner": None if self._owner is None else (repr(self._owner[0]), self._owner[1])}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["data"])
-        self.grad = state["grad"]
-        self._owner = state.get("owner")
-        self._move(state["device"])
-
-    def __array__(self, dtype=None, copy=None):
-        values = self._read()
-        return values if dtype is None else values.astype(dtype)
-
-    def __repr__(self) -> str:
-        where = "" if self._mirror is None else ", device='cuda'"
-        return f"Parameter(shape={self.shape}, dtype={self.dtype}{where})"
 
 
 class Module:
@@ -460,10 +251,8 @@ float64): convert the whole model with model.to(np.float32) or model.to(np.float
                                  f"dtype (float32, float64)") from None
             raise
         where = None if device is None else check_device(device)
-        if where == "cuda":
-            from symnet.backends.cuda import require
-
-            require()  # the one clear error, before anything moves
+        if where is not None and where != "cpu":
+            backend(where).require()  # the one clear error, before anything moves
         if where == "cpu":  # convert on the host, where the values then live
             self._move("cpu")
         if target is not None:
@@ -498,7 +287,7 @@ float64): convert the whole model with model.to(np.float32) or model.to(np.float
         A cuda model runs the forward kernels on the GPU (`symnet.backends.cuda.forward`): only the
         batch goes in and the output comes back.
         """
-        return importlib.import_module(FORWARD[self.device]).forward(self, inputs)
+        return backend(self.device).forward(self, inputs)
 
 
 class Linear(Module):

@@ -14,8 +14,9 @@ from collections.abc import MutableMapping
 import numpy as np
 import sympy as sp
 
+from symnet.nn.devices import backend
+from symnet.nn.parameter import Parameter
 from symnet.symbolic.graph import ew
-from symnet.nn.module import Parameter
 
 lr, beta1, beta2, eps, weight_decay, momentum, dampening = sp.symbols(
     "lr beta1 beta2 eps weight_decay momentum dampening", real=True)
@@ -238,9 +239,7 @@ opt.param_groups[0]['lr'] (or opt.defaults['lr']), as in torch.optim
 
     def step(self) -> None:
         """Apply one update with the compiled kernel, from each parameter's ``.grad``."""
-        from symnet.backends.eager import optimizer_step
-
-        optimizer_step(self)
+        backend("cpu").update(self)  # host kernels, whatever the parameters' device
 
     def state_dict(self) -> dict:
         """Hyperparameters, step count and state buffers (numpy arrays)."""

@@ -19,11 +19,11 @@ from __future__ import annotations
 import sympy as sp
 
 from codegen.expr import Elementwise
+from symnet.nn.losses import Loss
+from symnet.nn.module import Module
 from symnet.symbolic.derivation import Derivation
 from symnet.symbolic.fuse import fuse
 from symnet.symbolic.graph import LOSS, Graph, build
-from symnet.nn.losses import Loss
-from symnet.nn.module import Module
 from symnet.symbolic.rules import loss_gradient, vjp
 
 

@@ -17,8 +17,7 @@ from functools import singledispatch
 import sympy as sp
 
 from codegen.expr import Elementwise, LogSoftmax, Softmax, Total
-from symnet.nn import activations
-from symnet.nn import losses
+from symnet.nn import activations, losses
 from symnet.nn.losses import Loss
 from symnet.nn.module import Linear, Module
 
@@ -139,8 +138,9 @@ def _(module: activations.LogSoftmax, b: _Builder, key: str) -> None:
     b.emit(f"A{b.layer}", LogSoftmax(b.current))
 
 
-def _leaf_layers(model: Module) -> list[tuple[str, Module]]:
-    """Leaf modules with their state-dict prefixes ('0', '1.2', …)."""
+def leaf_layers(model: Module) -> list[tuple[str, Module]]:
+    """Leaf modules in the order data flows through them, with their state-dict prefixes
+    ('0', '1.2', …); a module used twice appears at each of its places."""
     def walk(m: Module, prefix: str):
         kids = list(m._modules.items()) if hasattr(m, "_modules") else []
         if not kids:
@@ -151,12 +151,13 @@ def _leaf_layers(model: Module) -> list[tuple[str, Module]]:
     return list(walk(model, ""))
 
 
-def input_features(model: Module) -> int:
-    """The width of the model's input: its first Linear's in_features."""
-    for _, m in _leaf_layers(model):
-        if isinstance(m, Linear):
-            return m.in_features
-    raise ValueError("the model has no Linear layer, so its input width is unknown")
+def first_linear(model: Module) -> tuple[str, Linear]:
+    """``(prefix, layer)`` of the model's first Linear, which fixes the input width."""
+    found = next(((k, m) for k, m in leaf_layers(model) if isinstance(m, Linear)), None)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no Linear layer, so its input width "
+                         "is unknown")
+    return found
 
 
 def build(model: Module, loss: Loss) -> Graph:
@@ -165,9 +166,9 @@ def build(model: Module, loss: Loss) -> Graph:
         raise TypeError(f"model must be a symnet Module, got {type(model).__name__}")
     if not isinstance(loss, Loss):
         raise TypeError(f"loss must be a symnet loss, got {type(loss).__name__}")
-    b = _Builder(input_features(model))
+    b = _Builder(first_linear(model)[1].in_features)
     inputs = b.current
-    for key, module in _leaf_layers(model):
+    for key, module in leaf_layers(model):
         _contribute(module, b, key)
     if not b.forward:
         raise ValueError("the model has no layers")

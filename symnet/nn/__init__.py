@@ -1,0 +1,39 @@
+"""Declare: modules, parameters, activations and losses, each a piece of SymPy mathematics.
+
+Nothing here computes: `symnet.symbolic` turns a model into equations and a backend
+(looked up by name in `symnet.nn.devices`) runs its kernels.
+
+Example:
+    >>> from symnet import nn
+    >>> nn.Sequential(nn.Linear(2, 3), nn.Tanh()).layers()[1]
+    Tanh()
+"""
+
+from symnet.nn.activations import (
+    GELU,
+    Activation,
+    LeakyReLU,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Softplus,
+    Tanh,
+)
+from symnet.nn.losses import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    Loss,
+    MSELoss,
+    NLLLoss,
+)
+from symnet.nn.module import Linear, Module, Sequential, manual_seed
+from symnet.nn.parameter import Parameter
+
+__all__ = [
+    "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "GELU", "LeakyReLU",
+    "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter", "ReLU",
+    "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "manual_seed",
+]

@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import symnet as sn
 from symnet.app.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
+from symnet.app import plot
+from symnet.app.show import kernel_source
+from symnet.app.train import TrainConfig, check_writable, evaluate_checkpoint, train
+from symnet.backends.mpi import is_root
 from symnet.optim import BY_NAME
 
 OPTIMIZERS = tuple(BY_NAME)
@@ -92,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--layers", required=True, help="widths, input first: 64,64,10")
     tr.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATIONS)}")
     tr.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
-    tr.add_argument("--lr", type=float, help="learning rate (default 1e-3; 0.05 for sgd)")
+    tr.add_argument("--lr", type=float, help="learning rate (default " + ", ".join(
+        f"{lr:g} for {name}" for name, (_, lr) in BY_NAME.items()) + ")")
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--seed", type=int, default=0)
@@ -130,15 +136,11 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _derivation(args):
-    import symnet as sn
-
     arch = Architecture(parse_layers(args.layers), args.activation, args.loss)
     model = arch.model()
     optimizer = None
     if getattr(args, "optimizer", None):
-        cls = sn.optim.BY_NAME
-        optimizer = cls[args.optimizer](model.parameters(), lr=0.01 if
-                                        args.optimizer == "sgd" else 1e-3)
+        optimizer = sn.optim.make(args.optimizer, model.parameters())
     return sn.derive(model, arch.loss_function(args.reduction), optimizer)
 
 
@@ -160,12 +162,9 @@ def _verify(args) -> int:
 
 
 def _train(args) -> int:
-    from symnet.app.train import TrainConfig, check_writable, train
 
     if args.plot:  # before training: neither may cost a whole run
-        from symnet.app.plot import require
-
-        require()
+        plot.require()
         check_writable(args.plot, "--plot", in_place=True)
     config = TrainConfig(parse_layers(args.layers), args.activation, args.optimizer, args.lr,
                          args.epochs, args.batch_size, args.seed, args.dataset, args.csv,
@@ -174,32 +173,24 @@ def _train(args) -> int:
     result = train(config, save=args.save, checkpoint_every=args.checkpoint_every,
                    resume=args.resume)
     if args.distributed:
-        from symnet.backends.mpi import is_root
-
         if not is_root():  # rank 0 reports and writes files
             return 0
     if args.save:
         print(f"saved {args.save}")
     if args.plot:
-        from symnet.app.plot import plot_curves
-
-        plot_curves(result.history, args.plot,
+        plot.plot_curves(result.history, args.plot,
                     "test accuracy" if result.architecture.loss != "mse" else "test −MSE")
         print(f"plotted {args.plot}")
     return 0
 
 
 def _evaluate(args) -> int:
-    from symnet.app.train import evaluate_checkpoint
-
     score = evaluate_checkpoint(args.checkpoint, args.dataset, args.csv, args.target)
     print(f"test accuracy {score:.4f}" if score >= 0 else f"test MSE {-score:.6g}")
     return 0
 
 
 def _kernels(args) -> int:
-    from symnet.app.show import kernel_source
-
     arch = Architecture(parse_layers(args.layers), args.activation, args.loss, args.dtype)
     source = kernel_source(arch, args.optimizer, args.device, args.reduction)
     print(source, end="" if source.endswith("\n") else "\n")

@@ -22,36 +22,17 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
 import symnet as sn
 from symnet.app.architecture import Architecture
+from symnet.app.run import Progress, TrainConfig, TrainResult
 from symnet.app.schema import RunConfig, TrainingMeta, describe, parse, task_of
-
-if TYPE_CHECKING:
-    from symnet.app.train import TrainConfig, TrainResult
 
 #: What a resumed run must share with its checkpoint; ``epochs`` may grow, the device change.
 RESUME_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
-
-
-@dataclass
-class Progress:
-    """Where a run stands; a checkpoint holding it replays the rest of the run exactly.
-
-    ``rng`` is the batch-order generator's ``bit_generator.state`` at the start of
-    ``epoch``, so the epoch's permutation can be drawn again and its first ``batch``
-    batches skipped.  ``loss_sum`` is Σ loss·batch size over those batches.
-    """
-
-    epoch: int = 1
-    batch: int = 0
-    rng: dict = field(default_factory=dict)
-    loss_sum: float = 0.0
-    history: list[tuple[int, float, float]] = field(default_factory=list)
 
 
 def _metadata(result: TrainResult, config: TrainConfig) -> dict:

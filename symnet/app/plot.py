@@ -34,7 +34,7 @@ def plot_curves(history: Sequence[tuple[int, float, float]], path: str | os.Path
 
     ``history`` holds ``(epoch, mean training loss, metric)`` rows, as `TrainResult` does.
     """
-    require()
+    require()  # the optional plot extra: imported here, so training never waits for it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

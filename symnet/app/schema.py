@@ -217,7 +217,7 @@ class RngState:
 
 @dataclass(frozen=True)
 class ProgressRecord:
-    """`symnet.app.checkpoint.Progress` as stored: ``history`` holds the finished epochs 1, 2, …"""
+    """`symnet.app.run.Progress` as stored: ``history`` holds the finished epochs 1, 2, …"""
 
     epoch: int
     batch: int

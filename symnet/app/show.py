@@ -14,16 +14,11 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
-
 import symnet as sn
 from codegen import cuda as cuda_render
 from symnet.app.architecture import Architecture
 from symnet.backends import kernels
 from symnet.symbolic.graph import N
-
-#: optimizer name → class; the learning rate is a runtime scalar, absent from the source
-OPTIMIZERS = sn.optim.BY_NAME
 
 
 def _cpu(model, loss, optimizer) -> str:
@@ -55,12 +50,10 @@ def kernel_source(arch: Architecture, optimizer: str = "adam", device: str = "cp
         >>> "@cuda.jit(cache=True)" in src, "# dZ2 = (-Y + Yhat)/N" in src
         (True, True)
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     model = arch.model()
     loss = arch.loss_function(reduction)
     # The learning rate is passed to the compiled step per call; any value gives this source.
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=np.float64(1e-3))
+    opt = sn.optim.make(optimizer, model.parameters(), lr=1e-3)
     return DEVICES[device](model, loss, opt)

@@ -20,55 +20,15 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 import symnet as sn
 from symnet.app.architecture import Architecture
-from symnet.app.checkpoint import Progress, load_model, restore, save_checkpoint
+from symnet.app.checkpoint import load_model, restore, save_checkpoint
 from symnet.app.data import TASKS, Dataset, batches, load_csv, load_dataset, train_test_split
-
-OPTIMIZERS = sn.optim.BY_NAME
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on (``device`` and ``max_steps`` only say where and how far)."""
-
-    layers: tuple[int, ...]
-    activation: str = "relu"
-    optimizer: str = "adam"
-    lr: float | None = None
-    epochs: int = 30
-    batch_size: int = 32
-    seed: int = 0
-    dataset: str = "digits"
-    csv: str | None = None
-    target: str | None = None
-    dtype: str = "float32"
-    device: str = "cpu"
-    max_steps: int | None = None
-    distributed: bool = False  # data-parallel over MPI ranks (symnet.backends.mpi)
-    task: str | None = None  # a CSV file's: "classification", "regression"; None: guess
-
-
-@dataclass
-class TrainResult:
-    """The trained model and optimizer, per-epoch ``history`` rows ``(epoch, mean loss,
-    metric)`` (from the start of the run, also after a resume) and this process's per-step
-    ``losses``."""
-
-    model: sn.Module
-    optimizer: sn.optim.Optimizer
-    architecture: Architecture
-    accuracy: float
-    history: list[tuple[int, float, float]] = field(default_factory=list)
-    scaling: dict = field(default_factory=dict)
-    losses: list[float] = field(default_factory=list)  # per step, this process's steps only
-    progress: Progress = field(default_factory=Progress)
-    features: tuple[str, ...] | None = None  # a CSV file's feature columns, in input order
-    labels: tuple[int | float, ...] | None = None  # a CSV file's value of each class index
+from symnet.app.run import Progress, TrainConfig, TrainResult
+from symnet.backends.mpi import is_root, training_step
 
 
 class Diverged(FloatingPointError):
@@ -164,9 +124,9 @@ def _architecture(config: TrainConfig, data: Dataset) -> Architecture:
 
 def _check(config: TrainConfig, save: str | None, checkpoint_every: int | None,
            resume: bool) -> None:
-    if config.optimizer not in OPTIMIZERS:
+    if config.optimizer not in sn.optim.BY_NAME:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from "
-                         f"{', '.join(OPTIMIZERS)}")
+                         f"{', '.join(sn.optim.BY_NAME)}")
     if config.task is not None and config.task not in TASKS:
         raise ValueError(f"unknown task {config.task!r}; choose from {', '.join(TASKS)}")
     if config.epochs < 1 or config.batch_size < 1:
@@ -185,8 +145,6 @@ def _check(config: TrainConfig, save: str | None, checkpoint_every: int | None,
 def _compile(model: sn.Module, loss, optimizer, device: str, distributed: bool = False):
     """The fused step; its finite check keeps a NaN step from touching the parameters."""
     if distributed:  # rank 0's parameters on every rank, then the same checked update
-        from symnet.backends.mpi import training_step
-
         return training_step(model, loss, optimizer, device)
     try:
         if device != "cpu":
@@ -200,8 +158,6 @@ def _is_root(config: TrainConfig) -> bool:
     """False only on ranks other than 0 of a ``--distributed`` run."""
     if not config.distributed:
         return True
-    from symnet.backends.mpi import is_root
-
     return is_root()
 
 
@@ -223,7 +179,7 @@ class _EpochBar:
         self.bar = None
         if not (sys.stderr.isatty() if enabled is None else enabled):
             return
-        try:
+        try:  # the optional progress extra, imported only when a bar is wanted
             from tqdm import tqdm
         except ImportError:
             return
@@ -269,8 +225,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
     per_epoch = math.ceil(n / size)
     sn.manual_seed(config.seed)
     model = arch.model()
-    lr = config.lr if config.lr is not None else (1e-3 if config.optimizer != "sgd" else 0.05)
-    optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=lr)
+    optimizer = sn.optim.make(config.optimizer, model.parameters(), config.lr)
     rng = np.random.default_rng(config.seed)
     state = Progress(rng=rng.bit_generator.state)
     if resume:

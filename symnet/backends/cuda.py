@@ -38,6 +38,7 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
+from numba import config
 
 from codegen import cuda as render
 from codegen.cache import load_module
@@ -58,7 +59,7 @@ INSTALL = "pip install 'numba-cuda[cu12]'  (or [cu13] for CUDA 13)"
 
 def _unavailable() -> str | None:
     """Why CUDA can't run here, in the user's words, or None when it can."""
-    try:
+    try:  # the optional numba-cuda: imported when the GPU is first asked for, not before
         from numba import config, cuda
     except ImportError as error:
         return (f"symnet's CUDA backend needs Numba's CUDA support (numba-cuda), which is "
@@ -91,7 +92,7 @@ def require():
     if reason is not None:
         raise RuntimeError(f"{reason}. To run the CUDA kernels without a GPU, set "
                            f"NUMBA_ENABLE_CUDASIM=1 before importing numba.")
-    from numba import cuda
+    from numba import cuda  # importable: _unavailable just imported it
 
     return cuda
 
@@ -99,8 +100,6 @@ def require():
 def default_tile() -> int:
     """The matmul tile edge: 16 (256 threads per block); 4 under the simulator, which runs
     one Python thread per CUDA thread."""
-    from numba import config
-
     return 4 if config.ENABLE_CUDASIM else render.TILE
 
 

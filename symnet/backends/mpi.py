@@ -37,7 +37,7 @@ from symnet.optim import Optimizer
 
 def mpi():
     """The ``mpi4py.MPI`` module, or an ImportError saying how to install it."""
-    try:
+    try:  # the optional mpi extra: only a distributed run needs it
         from mpi4py import MPI
     except ImportError as error:
         raise ImportError("distributed training needs mpi4py and an MPI library: "

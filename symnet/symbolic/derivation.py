@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from symnet.symbolic import printing
+from symnet.symbolic import diagram, printing
+from symnet.symbolic import verify as verification
 
 
 class Derivation:
@@ -77,9 +78,7 @@ class Derivation:
 
     def mermaid(self) -> str:
         """A ``flowchart TD`` of the forward and backward pass, like the seed's diagram."""
-        from symnet.symbolic.diagram import mermaid
-
-        return mermaid(self)
+        return diagram.mermaid(self)
 
     # --- checking ------------------------------------------------------------------------
     def verify(self, **options):
@@ -92,12 +91,8 @@ class Derivation:
             >>> bool(sn.derive(sn.Sequential(sn.Linear(2, 2)), sn.MSELoss()).verify())
             True
         """
-        from symnet.symbolic.verify import verify
-
-        return verify(self, **options)
+        return verification.verify(self, **options)
 
     def gradcheck(self, **options):
         """Compare the derived gradients with float64 central differences (a Report)."""
-        from symnet.symbolic.verify import gradcheck
-
-        return gradcheck(self, **options)
+        return verification.gradcheck(self, **options)

@@ -11,8 +11,8 @@ import argparse
 import sys
 
 import symnet as sn
-from symnet.app.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
 from symnet.app import plot
+from symnet.app.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
 from symnet.app.show import kernel_source
 from symnet.app.train import TrainConfig, check_writable, evaluate_checkpoint, train
 from symnet.backends.mpi import is_root

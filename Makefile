@@ -1,4 +1,5 @@
-# `make run`: set up and run the main job; `make test`: set up and run every test.
+# `make run`: set up and run the main job; `make test`: set up, lint (ruff, import layers) and
+# run every test.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -21,6 +22,7 @@ run: setup
 
 test: setup
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 bench: setup

@@ -28,6 +28,7 @@ import numpy as np
 
 import symnet as sn
 from symnet.app.architecture import Architecture
+from symnet.app.data import scale
 from symnet.app.run import Progress, TrainConfig, TrainResult
 from symnet.app.schema import RunConfig, TrainingMeta, describe, parse, task_of
 
@@ -143,8 +144,7 @@ class TrainedModel:
         if X.ndim != 2 or X.shape[1] != width:
             raise ValueError(f"the model expects {width} features per row, got an array of "
                              f"shape {X.shape}")
-        mean, std = np.asarray(self.meta.scaling.mean), np.asarray(self.meta.scaling.std)
-        return np.ascontiguousarray((X - mean) / std, dtype=self.architecture.dtype)
+        return scale(X, self.meta.scaling, self.architecture.dtype)
 
     def __call__(self, X) -> np.ndarray:
         return self.network(self.scale(X))

@@ -370,10 +370,32 @@ def _take(data: Dataset, idx: np.ndarray) -> Dataset:
     )
 
 
+def scaling_of(train: Dataset) -> dict[str, list[float]]:
+    """Feature mean and std of the training split (a constant feature's std taken as 1, so
+    it is only centred), JSON-ready: what a checkpoint records and `scale` applies.
+
+    Example:
+        >>> scaling = scaling_of(train_test_split(load_digits())[0])
+        >>> len(scaling["mean"]), min(scaling["std"]) > 0
+        (64, True)
+    """
+    X = train.X.astype(np.float64)
+    std = X.std(axis=0)
+    std[std == 0] = 1.0
+    return {"mean": X.mean(axis=0).tolist(), "std": std.tolist()}
+
+
+def scale(X: np.ndarray, scaling, dtype=None) -> np.ndarray:
+    """``(X − mean) / std`` computed in float64 and returned C-contiguous in ``dtype`` (by
+    default ``X``'s); ``scaling`` has ``mean`` and ``std`` (a dict or attributes)."""
+    get = scaling.get if isinstance(scaling, dict) else lambda k: getattr(scaling, k)
+    mean, std = np.asarray(get("mean")), np.asarray(get("std"))
+    return np.ascontiguousarray((np.asarray(X, np.float64) - mean) / std,
+                                dtype=X.dtype if dtype is None else dtype)
+
+
 def standardize(train: Dataset, test: Dataset) -> tuple[Dataset, Dataset]:
     """Scale features to zero mean and unit std using the training set's statistics only.
-
-    A constant feature (std 0) is only centred (its std is taken as 1).
 
     Example:
         >>> train, test = standardize(*train_test_split(load_digits()))
@@ -384,16 +406,8 @@ def standardize(train: Dataset, test: Dataset) -> tuple[Dataset, Dataset]:
         raise ValueError(
             f"feature counts differ: train has {train.X.shape[1]}, test has {test.X.shape[1]}"
         )
-    X = train.X.astype(np.float64)
-    mean = X.mean(axis=0)
-    std = X.std(axis=0)
-    std[std == 0] = 1.0
-
-    def scaled(d: Dataset) -> Dataset:
-        Z = (d.X.astype(np.float64) - mean) / std
-        return dataclasses.replace(d, X=np.ascontiguousarray(Z, dtype=d.X.dtype))
-
-    return scaled(train), scaled(test)
+    scaling = scaling_of(train)
+    return tuple(dataclasses.replace(d, X=scale(d.X, scaling)) for d in (train, test))
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:

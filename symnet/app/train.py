@@ -26,7 +26,16 @@ import numpy as np
 import symnet as sn
 from symnet.app.architecture import Architecture
 from symnet.app.checkpoint import load_model, restore, save_checkpoint
-from symnet.app.data import TASKS, Dataset, batches, load_csv, load_dataset, train_test_split
+from symnet.app.data import (
+    TASKS,
+    Dataset,
+    batches,
+    load_csv,
+    load_dataset,
+    scale,
+    scaling_of,
+    train_test_split,
+)
 from symnet.app.run import Progress, TrainConfig, TrainResult
 from symnet.backends.mpi import is_root, training_step
 
@@ -79,20 +88,7 @@ def check_writable(path: str, flag: str, in_place: bool = False) -> None:
         raise ValueError(f"{flag} {path}: cannot write there: {problem}")
 
 
-def scaling_of(train: Dataset) -> dict:
-    """Feature mean and std of the training split (std 0 → 1), JSON-ready."""
-    mean = train.X.astype(np.float64).mean(axis=0)
-    std = train.X.astype(np.float64).std(axis=0)
-    std[std == 0] = 1.0
-    return {"mean": mean.tolist(), "std": std.tolist()}
-
-
-def scale(X: np.ndarray, scaling: dict) -> np.ndarray:
-    mean, std = np.asarray(scaling["mean"]), np.asarray(scaling["std"])
-    return np.ascontiguousarray((X - mean) / std, dtype=X.dtype)
-
-
-def accuracy(model: sn.Module, data: Dataset, scaling: dict, loss: str) -> float:
+def accuracy(model: sn.Module, data: Dataset, scaling: dict) -> float:
     """Fraction classified correctly (classification) or −MSE (regression)."""
     return _score(model(scale(data.X, scaling)), data)
 
@@ -274,13 +270,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
             break
         _sync(step)
         mean_loss = state.loss_sum / n
-        result.accuracy = accuracy(_on_host(model, arch), test_set, scaling, arch.loss)
+        result.accuracy = accuracy(_on_host(model, arch), test_set, scaling)
         state.history.append((state.epoch, mean_loss, result.accuracy))
         log(f"epoch {state.epoch:3d}  loss {mean_loss:.4f}  {metric} {result.accuracy:.4f}")
         state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
         state.rng = rng.bit_generator.state
     _sync(step)
-    result.accuracy = accuracy(_on_host(model, arch), test_set, scaling, arch.loss)
+    result.accuracy = accuracy(_on_host(model, arch), test_set, scaling)
     if save and root:
         save_checkpoint(result, config, save, state)
     return result

@@ -81,7 +81,7 @@ def _shrink(derivation, size: int, batch: int):
     return shrink[:k], shrink[k:]
 
 
-def _leaf_values(graph, forward, one_hot: bool) -> dict[str, sp.Matrix]:
+def _leaf_values(forward, one_hot: bool) -> dict[str, sp.Matrix]:
     defined = {eq.lhs.name for eq in forward}
     env = {}
     for eq in forward:
@@ -201,7 +201,7 @@ def verify(derivation, size: int = 2, batch: int = 2, seed: int = 0) -> Report:
     """Prove each backward equation of ``derivation`` (see module docstring)."""
     forward, backward = _shrink(derivation, size, batch)
     one_hot = derivation.graph.loss.target_kind == "index"
-    env = _run(forward, _leaf_values(derivation.graph, forward, one_hot))
+    env = _run(forward, _leaf_values(forward, one_hot))
     rng = random.Random(seed)
     report = Report("symbolic verification")
     for eq in backward:
@@ -227,7 +227,7 @@ def gradcheck(derivation, size: int = 3, batch: int = 3, seed: int = 0, h: float
     """Compare derived parameter gradients with float64 central differences of the loss."""
     forward, backward = _shrink(derivation, size, batch)
     one_hot = derivation.graph.loss.target_kind == "index"
-    symbolic = _leaf_values(derivation.graph, forward, one_hot)
+    symbolic = _leaf_values(forward, one_hot)
     rng = np.random.default_rng(seed)
     numbers = {}
     for name, m in symbolic.items():

@@ -141,7 +141,7 @@ def test_another_process_loads_the_cached_unit(tmp_path, monkeypatch):
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
     script = build + textwrap.dedent("""
-        unit = sn.kernels.model_unit(model, None, np.float64)
+        unit = sn.backends.kernels.model_unit(model, None, np.float64)
         hits = sum(unit.functions["forward"].stats.cache_hits.values())
         print(json.dumps({"out": out.tolist(), "hits": hits}))
     """)

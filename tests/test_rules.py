@@ -163,8 +163,8 @@ def test_column_rules(op):
 def test_loss_gradient(loss):
     P, Y = sp.MatrixSymbol("P", 2, 3), sp.MatrixSymbol("Y", 2, 3)
     pv, tv = sp.symbols("_p _t", real=True)
-    body = Elementwise(sp.Lambda((pv, tv), loss.expr.xreplace({sn.losses.p: pv,
-                                                               sn.losses.y: tv})), P, Y)
+    body = Elementwise(sp.Lambda((pv, tv), loss.expr.xreplace({sn.nn.losses.p: pv,
+                                                               sn.nn.losses.y: tv})), P, Y)
     scale = sp.Rational(1, 6) if loss.reduction == "mean" else sp.Integer(1)
     pred, grad = rules.loss_gradient(scale * Total(body))
     assert pred == P

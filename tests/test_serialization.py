@@ -1,5 +1,6 @@
-"""Tests for symnet.io.serialization: the hand-written safetensors reader/writer and save/load."""
+"""Tests for symnet.io.serialization: safetensors files through the package, and save/load."""
 
+import errno
 import json
 import pickle
 import random
@@ -7,12 +8,14 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections import OrderedDict
 
 import numpy as np
 import pytest
+import safetensors.numpy
 
 from symnet.io import serialization as ser
 from symnet.io.serialization import load, load_file, save, save_file
@@ -35,7 +38,8 @@ def _arrays(dtype, rng):
 
 
 def _assert_same(got, want):
-    assert list(got) == list(want)
+    """Same names, dtypes, shapes and values; `load` keeps the order, `load_file` the file's."""
+    assert sorted(got) == sorted(want)
     for k in want:
         assert got[k].dtype == want[k].dtype, k
         assert got[k].shape == want[k].shape, k
@@ -50,7 +54,8 @@ def _raw(path, header, data=b"", n=None):
 
 # --- round trips -------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.float16, np.int8,
-                                   np.int16, np.int32, np.uint8, np.bool_])
+                                   np.int16, np.int32, np.uint8, np.uint16, np.uint32,
+                                   np.uint64, np.bool_])
 def test_round_trip_dtypes_and_shapes(tmp_path, dtype):
     want = _arrays(dtype, np.random.default_rng(0))
     p = tmp_path / "a.safetensors"
@@ -68,7 +73,8 @@ def test_round_trip_dtypes_and_shapes(tmp_path, dtype):
 
 def test_non_contiguous_and_big_endian_inputs(tmp_path):
     a = np.arange(12, dtype=np.float64).reshape(3, 4)
-    tensors = {"t": a.T, "be": np.arange(5, dtype=">i4"), "step": a[::2, 1::2]}
+    tensors = {"t": a.T, "be": np.arange(5, dtype=">i4"), "step": a[::2, 1::2],
+               "back": a[::-1, ::-1], "be_t": a.astype(">f4").T}
     save_file(tensors, tmp_path / "x.safetensors")
     got, _ = load_file(tmp_path / "x.safetensors")
     for k, v in tensors.items():
@@ -106,6 +112,21 @@ def test_ours_read_by_safetensors_package(tmp_path):
         assert f.metadata() == {"who": "symnet", "v": "1"}
 
 
+def test_ours_read_by_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    st_torch = pytest.importorskip("safetensors.torch")
+    want = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.linspace(0, 1, 3),
+            "n": np.arange(-2, 2, dtype=np.int64), "m": np.array([True, False]),
+            "s": np.array(2.5, np.float16)}
+    p = tmp_path / "for_torch.safetensors"
+    save_file(want, p, {"format": "pt"})
+    got = st_torch.load_file(str(p))
+    assert set(got) == set(want)
+    for k, a in want.items():
+        assert isinstance(got[k], torch.Tensor) and tuple(got[k].shape) == a.shape, k
+        np.testing.assert_array_equal(got[k].numpy(), a, err_msg=k)
+
+
 def test_safetensors_package_file_read_by_ours(tmp_path):
     pytest.importorskip("safetensors")
     st_np = pytest.importorskip("safetensors.numpy")
@@ -128,7 +149,7 @@ def test_state_dict_round_trip_keeps_order(tmp_path):
                       ("m.count", np.arange(4, dtype=np.int64)), ("s", np.array(2.5))])
     save(sd, tmp_path / "sd.safetensors")
     got = load(tmp_path / "sd.safetensors")
-    assert isinstance(got, OrderedDict)
+    assert isinstance(got, OrderedDict) and list(got) == list(sd)
     _assert_same(got, sd)
     st_np = pytest.importorskip("safetensors.numpy")  # plain state_dicts keep their own names
     assert set(st_np.load_file(str(tmp_path / "sd.safetensors"))) == set(sd)
@@ -148,7 +169,7 @@ def test_bundle_round_trip(tmp_path):
     save({"model": model, "optimizer": opt, "meta": meta}, tmp_path / "b.safetensors")
     got = load(tmp_path / "b.safetensors")
     assert list(got) == ["model", "optimizer", "meta"]
-    assert isinstance(got["model"], OrderedDict)
+    assert isinstance(got["model"], OrderedDict) and list(got["model"]) == list(model)
     _assert_same(got["model"], model)
     o = got["optimizer"]
     assert list(o) == ["type", "defaults", "step", "tensors"]
@@ -157,7 +178,7 @@ def test_bundle_round_trip(tmp_path):
     assert type(o["defaults"]["betas"]) is tuple and o["defaults"]["betas"] == (0.9, 0.999)
     assert type(o["defaults"]["nested"][0][1]) is tuple and o["defaults"]["nested"][1]["t"] == ()
     assert type(o["defaults"]["weight_decay"]) is int and o["defaults"]["amsgrad"] is False
-    assert isinstance(o["tensors"], OrderedDict)
+    assert isinstance(o["tensors"], OrderedDict) and list(o["tensors"]) == list(tensors)
     _assert_same(o["tensors"], tensors)
     assert got["meta"] == meta and got["meta"]["shape"] == (3, 4)
 
@@ -211,7 +232,7 @@ def test_truncated_files(tmp_path, good_bytes):
     for cut in [0, 1, 7, 8, 9, n // 2, n - 1, n, n + 1, n + 24, len(good_bytes) - 1]:
         p.write_bytes(good_bytes[:cut])
         want = "shorter than the 8-byte" if cut < 8 else "larger than the file" if cut < n \
-            else "out of range"
+            else "the file is truncated"
         _expect(p, want)
 
 
@@ -226,6 +247,39 @@ def test_garbage_bytes(tmp_path):
     _expect(_raw(p, b"{not json"), "not valid UTF-8 JSON")
     _expect(_raw(p, b"[1, 2, 3]"), "not an object")
     _expect(_raw(p, b'{"a": 1, "a": 2}'), "duplicate key")
+    _expect(_raw(p, b'{"w": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested too deeply")
+
+
+def test_a_file_replaced_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    """The header checks must hold for the bytes the package parses."""
+    p, other = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"a": np.ones(2)}, p)
+    save_file({"b": np.zeros(3, np.float32)}, other)
+    real_open = open
+
+    class Replaced:  # after the header is read, the path holds another file
+        def __init__(self, *args):
+            self.file = real_open(*args)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def fileno(self):
+            return self.file.fileno()
+
+        def read(self, n=-1):
+            return self.file.read(n)
+
+        def seek(self, offset):
+            self.file.close()
+            self.file = real_open(other, "rb")
+            return self.file.seek(offset)
+
+    monkeypatch.setattr(ser, "open", Replaced, raising=False)
+    _expect(p, "changed while it was being read")
 
 
 def test_header_claiming_huge_length(tmp_path):
@@ -238,28 +292,71 @@ def _entry(dtype="F32", shape=(2,), offs=(0, 8)):
 
 
 @pytest.mark.parametrize("header,data,pattern", [
-    ({"a": _entry(offs=(0, 4))}, b"\0" * 4, "data_offsets .* needs 8"),
-    ({"a": _entry(offs=(0, 12))}, b"\0" * 12, "data_offsets .* needs 8"),
+    ({"a": _entry(offs=(0, 4))}, b"\0" * 4, "data_offsets do not span the bytes"),
+    ({"a": _entry(offs=(0, 12))}, b"\0" * 12, "data_offsets do not span the bytes"),
     ({"a": _entry(offs=(4, 0))}, b"\0" * 8, "data_offsets"),
-    ({"a": _entry(offs=(0, 8))}, b"\0" * 4, "out of range"),
-    ({"a": _entry(offs=(0, 8)), "b": _entry(offs=(4, 12))}, b"\0" * 12, "overlapping"),
-    ({"a": _entry(offs=(0, 8)), "b": _entry(offs=(0, 8))}, b"\0" * 8, "overlapping"),
+    ({"a": _entry(offs=(0, 8))}, b"\0" * 4, "the file is truncated"),
+    ({"a": _entry(offs=(0, 8)), "b": _entry(offs=(4, 12))}, b"\0" * 12, "overlap"),
+    ({"a": _entry(offs=(0, 8)), "b": _entry(offs=(0, 8))}, b"\0" * 8, "overlap"),
     ({"a": _entry(offs=(8, 16))}, b"\0" * 16, "gap"),
-    ({"a": _entry()}, b"\0" * 12, "unused bytes"),
+    ({"a": _entry()}, b"\0" * 12, "bytes after the last tensor"),
     ({"a": _entry(offs=("0", 8))}, b"\0" * 8, "data_offsets"),
-    ({"a": _entry(dtype="Q99")}, b"\0" * 8, "unknown dtype 'Q99'"),
-    ({"a": _entry(dtype=5)}, b"\0" * 8, "unknown dtype"),
-    ({"a": _entry(shape=(-1, -2))}, b"\0" * 8, "non-negative ints"),
-    ({"a": _entry(shape=(2.0,))}, b"\0" * 8, "non-negative ints"),
+    ({"a": _entry(dtype="Q99")}, b"\0" * 8, "'a' has unsupported dtype 'Q99'"),
+    ({"a": _entry(dtype=5)}, b"\0" * 8, "header entry is not"),
+    ({"a": _entry(shape=(-1, -2))}, b"\0" * 8, "header entry is not"),
+    ({"a": _entry(shape=(2.0,))}, b"\0" * 8, "header entry is not"),
     ({"a": {"dtype": "F32", "shape": True, "data_offsets": [0, 8]}}, b"\0" * 8, "shape"),
     ({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "data_offsets"),
-    ({"a": [1, 2]}, b"", "needs 'dtype'"),
+    ({"a": [1, 2]}, b"", "header entry is not"),
+    ({"a": _entry(shape=(2**62, 2**62))}, b"\0" * 8, "too large to address"),
     ({"__metadata__": {"k": 1}, "a": _entry()}, b"\0" * 8, "__metadata__"),
     ({"__metadata__": ["x"]}, b"", "__metadata__"),
     ({"a": _entry("BOOL", (2,), (0, 2))}, b"\x01\x07", "BOOL"),
 ])
 def test_bad_headers(tmp_path, header, data, pattern):
     _expect(_raw(tmp_path / "bad.safetensors", header, data), pattern)
+
+
+@pytest.mark.parametrize("code,itemsize", [("BF16", 2), ("F8_E4M3", 1), ("F8_E5M2", 1),
+                                           ("C64", 8)])
+def test_dtypes_symnet_does_not_load_are_refused_by_name(tmp_path, code, itemsize):
+    p = _raw(tmp_path / "d.safetensors", {"w": _entry(code, (2,), (0, 2 * itemsize))},
+             b"\0" * 2 * itemsize)
+    _expect(p, rf"tensor 'w' has unsupported dtype '{code}'; symnet loads F16, F32, F64")
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128, np.longdouble, "U3", "M8[s]"])
+def test_save_refuses_dtypes_it_does_not_load(tmp_path, dtype):
+    with pytest.raises(TypeError, match=r"tensor 'w' has unsupported dtype"):
+        save_file({"w": np.zeros(2, dtype)}, tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_keys_are_refused_though_the_package_takes_them(tmp_path):
+    entry = json.dumps(_entry()).encode()
+    p = _raw(tmp_path / "dup.safetensors", b'{"a": ' + entry + b', "a": ' + entry + b"}",
+             b"\0" * 8)
+    # The package keeps the last "a"; a reader keeping the first would see other values. If
+    # this line fails, the package refuses duplicates itself.
+    assert list(safetensors.numpy.load(p.read_bytes())) == ["a"]
+    _expect(p, "duplicate key")
+    _expect(_raw(p, b'{"__metadata__": {"k": "1", "k": "2"}}'), "duplicate key")
+
+
+def test_the_same_contents_always_give_the_same_bytes(tmp_path):
+    """The package writes metadata in a random order (safetensors issue 584); symnet sorts it."""
+    tensors = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3), "n": np.arange(4)}
+    meta = {f"key{i}": str(i) for i in range(20)}
+    p, seen = tmp_path / "d.safetensors", set()
+    for i in range(6):
+        keys = sorted(meta, key=lambda k: random.Random(f"{i}{k}").random())
+        save_file(dict(reversed(tensors.items())) if i % 2 else tensors, p,
+                  {k: meta[k] for k in keys})
+        seen.add(p.read_bytes())
+    assert len(seen) == 1
+    got, got_meta = load_file(p)
+    _assert_same(got, tensors)
+    assert got_meta == meta
 
 
 class _Evil:
@@ -304,16 +401,24 @@ def _assert_old_intact(p, old, old_bytes):
     assert sorted(x.name for x in p.parent.iterdir()) == [p.name]  # no temp files left
 
 
-class _Boom(np.ndarray):
-    def tobytes(self, order="C"):
-        raise RuntimeError("boom while writing")
-
-
-def test_failed_save_mid_write_keeps_old_file(tmp_path):
+def test_failed_save_mid_write_keeps_old_file(tmp_path, monkeypatch):
     p, old, old_bytes = _snapshot(tmp_path)
-    bad = np.zeros(1000, np.float32).view(_Boom)
-    with pytest.raises(RuntimeError, match="boom"):
-        save_file({"first": np.ones(10_000), "bad": bad}, p)
+    real = tempfile.NamedTemporaryFile
+
+    def disk_fills_up(*args, **kwargs):
+        tmp = real(*args, **kwargs)
+
+        def write(data):
+            tmp.file.write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        tmp.write = write
+        return tmp
+
+    monkeypatch.setattr(ser.tempfile, "NamedTemporaryFile", disk_fills_up)
+    with pytest.raises(OSError, match="No space left"):
+        save_file({"first": np.ones(10_000), "second": np.zeros(1000, np.float32)}, p)
+    monkeypatch.undo()
     _assert_old_intact(p, old, old_bytes)
 
 

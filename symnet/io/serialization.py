@@ -1,7 +1,12 @@
-"""The safetensors checkpoint format, written and read with numpy alone (never pickle).
+"""The safetensors checkpoint format, read and written by the `safetensors` package (never pickle).
 
 `save_file` / `load_file` handle flat ``{name: array}`` files; `save` / `load` bundle model and
 optimizer state with JSON ``meta``, the non-tensor parts as JSON strings in ``__metadata__``.
+
+The package (its parser is fuzzed) reads and writes the format. Around it symnet writes
+atomically and deterministically, refuses what the package lets through (duplicate keys,
+JSON nested too deeply, dtypes outside `_DTYPES`, BOOL bytes other than 0 and 1), and says
+what is wrong with a file in a ``ValueError`` that names it.
 """
 
 from __future__ import annotations
@@ -9,23 +14,39 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 __all__ = ["load", "load_file", "save", "save_file"]
 
+#: The safetensors dtypes symnet saves and loads: numpy's real numbers, integers and bools.
 _DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8,
            "I16": np.int16, "I32": np.int32, "I64": np.int64, "U8": np.uint8, "U16": np.uint16,
            "U32": np.uint32, "U64": np.uint64, "BOOL": np.bool_}
 _CODES = {np.dtype(t): code for code, t in _DTYPES.items()}
-_MAX_HEADER = 100_000_000
+_MAX_HEADER = 100_000_000  # the package's own limit
 _FORMAT = "1"
 _PARTS = ("model", "optimizer", "meta")
+
+#: What the package's errors mean. Before 0.6 it names them by variant, from 0.6 in words.
+#: Its JSON is checked before it parses, so its "invalid JSON" is an entry of the wrong shape.
+_MEANINGS = (
+    (("MetadataIncompleteBuffer", "not fully covered"), "the tensors do not cover the data "
+     "exactly: the file is truncated, or has bytes after the last tensor"),
+    (("InvalidOffset", "invalid offset"), "tensors overlap, leave a gap, or have data_offsets "
+     "[begin, end] with end < begin"),
+    (("TensorInvalidInfo", "invalid shape, data type, or offset"), "a tensor's data_offsets "
+     "do not span the bytes its dtype and shape need"),
+    (("ValidationOverflow", "overflow"), "a tensor's shape is too large to address"),
+    (("InvalidHeaderDeserialization", "invalid JSON"), 'a header entry is not {"dtype": a '
+     'safetensors dtype, "shape": [ints >= 0], "data_offsets": [begin, end]}'),
+)
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path,
@@ -33,7 +54,8 @@ def save_file(tensors: Mapping[str, np.ndarray], path,
     """Write ``tensors`` and str->str ``metadata`` to ``path`` as safetensors, atomically.
 
     The bytes go to a temporary file in the same directory, which is fsynced and then renamed
-    over ``path``: a crash leaves the old file or the new one, never a mix.
+    over ``path``: a crash leaves the old file or the new one, never a mix. The same tensors
+    and metadata always give the same bytes.
 
     Example:
         >>> import os, tempfile, numpy as np
@@ -42,37 +64,49 @@ def save_file(tensors: Mapping[str, np.ndarray], path,
         >>> tensors, meta = load_file(p); tensors["w"].tolist(), meta
         ([[1.0, 0.0], [0.0, 1.0]], {'note': 'hi'})
     """
-    header, arrays, offset = {}, [], 0
-    if metadata:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise TypeError(f"metadata must map str to str, got {dict(metadata)!r}")
-        header["__metadata__"] = dict(metadata)
-    for name, arr in tensors.items():
-        if not isinstance(name, str) or name == "__metadata__":
-            raise ValueError(f"invalid tensor name {name!r}")
-        if not isinstance(arr, np.ndarray):
-            raise TypeError(f"tensor {name!r} is a {type(arr).__name__}, not a numpy array")
-        if arr.dtype.newbyteorder("=") not in _CODES:
-            raise TypeError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
-        arr = arr.astype(arr.dtype.newbyteorder("<"), order="C", copy=False)
-        header[name] = {"dtype": _CODES[arr.dtype.newbyteorder("=")], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + arr.nbytes]}
-        arrays.append(arr)
-        offset += arr.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
+    if metadata and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError(f"metadata must map str to str, got {dict(metadata)!r}")
+    arrays = {name: _stored(name, array) for name, array in tensors.items()}
+    data = safetensors.numpy.save(arrays, dict(metadata) if metadata else None)
+    _write_atomically(_canonical(data), os.fspath(path))
 
-    path = os.fspath(path)
+
+def _stored(name, array) -> np.ndarray:
+    """``array`` as the package needs it: C-contiguous and little-endian (it copies raw memory)."""
+    if not isinstance(name, str) or name == "__metadata__":
+        raise ValueError(f"invalid tensor name {name!r}")
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"tensor {name!r} is a {type(array).__name__}, not a numpy array")
+    if array.dtype.newbyteorder("=") not in _CODES:
+        raise TypeError(f"tensor {name!r} has unsupported dtype {array.dtype}")
+    return array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
+
+
+def _canonical(data: bytes) -> tuple[bytes, memoryview]:
+    """The package's ``data`` with its ``__metadata__`` keys sorted, as (header, tensor bytes).
+
+    The package writes metadata in a Rust HashMap's random order
+    (https://github.com/safetensors/safetensors/issues/584): two saves of one state would differ
+    byte for byte. Sorted, a file is a function of what it holds.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    blob = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the tensor data starts 8-byte aligned, as the package has it
+    return len(blob).to_bytes(8, "little") + blob, memoryview(data)[8 + n:]
+
+
+def _write_atomically(chunks, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     mode = os.stat(path).st_mode & 0o777 if os.path.isfile(path) else 0o644
     tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(path)}.",
                                       suffix=".tmp", delete=False)
     try:
         with tmp:
-            tmp.write(len(blob).to_bytes(8, "little"))
-            tmp.write(blob)
-            for arr in arrays:
-                tmp.write(arr.tobytes())
+            for chunk in chunks:
+                tmp.write(chunk)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.chmod(tmp.name, mode)
@@ -89,22 +123,12 @@ def save_file(tensors: Mapping[str, np.ndarray], path,
             os.close(fd)
 
 
-def _unique(pairs: list) -> dict:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key in a JSON object")
-    return obj
-
-
-def _is_nat(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
 def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file; returns ``(tensors, metadata)`` with fresh writable arrays.
 
-    Every header field is checked before any data is read; a malformed file raises
-    ``ValueError`` naming the file and the problem. Nothing in the file is ever executed.
+    The header is checked before the data is read, and the whole file before any array is
+    made; a malformed file raises ``ValueError`` naming the file and the problem. Nothing in
+    the file is ever executed.
 
     Example:
         >>> import os, tempfile, numpy as np
@@ -122,62 +146,77 @@ def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise IsADirectoryError(errno.EISDIR, "is a directory, not a safetensors file", name)
     with open(name, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise fail(f"file is truncated: {size} bytes, shorter than the 8-byte header length")
-        n = int.from_bytes(f.read(8), "little")
-        if n > _MAX_HEADER:
-            raise fail(f"header length {n} is too large (limit {_MAX_HEADER} bytes)")
-        if n > size - 8:
-            raise fail(f"header length {n} is larger than the file ({size} bytes); truncated?")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_unique)
-        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise fail(f"header is not valid UTF-8 JSON ({e})") from None
-        except RecursionError:
-            raise fail("header JSON is nested too deeply") from None
-        if not isinstance(header, dict):
-            raise fail(f"header is a JSON {type(header).__name__}, not an object")
-        metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-            raise fail("__metadata__ must be an object whose values are all strings")
-        buffer, specs = size - 8 - n, []
-        for key, spec in header.items():
-            if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= set(spec):
-                raise fail(f"entry {key!r} needs 'dtype', 'shape' and 'data_offsets'")
-            code, shape, offs = spec["dtype"], spec["shape"], spec["data_offsets"]
-            if not isinstance(code, str) or code not in _DTYPES:
-                raise fail(f"tensor {key!r} has unknown dtype {code!r}")
-            if not isinstance(shape, list) or not all(_is_nat(d) for d in shape):
-                raise fail(f"tensor {key!r} shape {shape!r} is not a list of non-negative ints")
-            if not (isinstance(offs, list) and len(offs) == 2 and all(_is_nat(o) for o in offs)
-                    and offs[0] <= offs[1]):
-                raise fail(f"tensor {key!r} data_offsets {offs!r} is not [begin, end], begin<=end")
-            dtype = np.dtype(_DTYPES[code]).newbyteorder("<")
-            if offs[1] - offs[0] != dtype.itemsize * math.prod(shape):
-                raise fail(f"tensor {key!r} data_offsets {offs} span {offs[1] - offs[0]} bytes, "
-                           f"but {code} {shape} needs {dtype.itemsize * math.prod(shape)}")
-            if offs[1] > buffer:
-                raise fail(f"tensor {key!r} data_offsets {offs} out of range: the data buffer "
-                           f"has {buffer} bytes (file truncated?)")
-            specs.append((key, dtype, tuple(shape), offs[0], offs[1]))
-        end = 0
-        for key, _, _, begin, stop in sorted(specs, key=lambda s: (s[3], s[4])):
-            if begin != end:
-                raise fail(f"tensor {key!r} starts at byte {begin}, expected {end} "
-                           f"({'overlapping' if begin < end else 'gap between'} tensors)")
-            end = stop
-        if end != buffer:
-            raise fail(f"{buffer - end} unused bytes after the last tensor")
-        tensors = {}
-        for key, dtype, shape, begin, stop in specs:
-            raw = np.empty(stop - begin, np.uint8)
-            f.seek(8 + n + begin)
-            if f.readinto(raw) != raw.size:
-                raise fail(f"file ended inside tensor {key!r}")
-            if dtype == np.bool_ and raw.size and raw.max() > 1:
-                raise fail(f"BOOL tensor {key!r} holds bytes other than 0 and 1")
-            tensors[key] = raw.view(dtype).reshape(shape)
-    return tensors, dict(metadata)
+        head = f.read(8)
+        head += f.read(_header_length(head, size, fail))
+        header = _header(head[8:], fail)
+        f.seek(0)
+        data = f.read(size)  # one bytes object for the package; sized, it is one read, not many
+    if not data.startswith(head):  # the checks above must hold for the bytes the package reads
+        raise fail("the file changed while it was being read")
+    try:
+        stored = dict(safetensors.deserialize(data))
+    except safetensors.SafetensorError as error:
+        raise fail(_explain(error)) from None
+    tensors = {key: _array(key, stored.pop(key), fail) for key in header if key != "__metadata__"}
+    return tensors, dict(header.get("__metadata__") or {})
+
+
+def _header_length(head: bytes, size: int, fail) -> int:
+    if size < 8:
+        raise fail(f"file is truncated: {size} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(head, "little")
+    if n > _MAX_HEADER:
+        raise fail(f"header length {n} is too large (limit {_MAX_HEADER} bytes)")
+    if n > size - 8:
+        raise fail(f"header length {n} is larger than the file ({size} bytes); truncated?")
+    return n
+
+
+def _header(blob: bytes, fail) -> dict:
+    """The JSON header, refused where the package would take it: duplicate keys (it keeps the
+    last one, another reader the first), nesting too deep for Python, bad ``__metadata__``, a
+    dtype outside `_DTYPES`."""
+    try:
+        header = json.loads(blob.decode("utf-8"), object_pairs_hook=_unique)
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise fail(f"header is not valid UTF-8 JSON ({e})") from None
+    except RecursionError:
+        raise fail("header JSON is nested too deeply") from None
+    if not isinstance(header, dict):
+        raise fail(f"header is a JSON {type(header).__name__}, not an object")
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) for v in metadata.values())):
+        raise fail("__metadata__ must be an object whose values are all strings")
+    for key, entry in header.items():
+        code = entry.get("dtype") if isinstance(entry, dict) and key != "__metadata__" else None
+        if isinstance(code, str) and code not in _DTYPES:  # other types: the package says
+            raise fail(f"tensor {key!r} has unsupported dtype {code!r}; symnet loads "
+                       f"{', '.join(_DTYPES)}")
+    return header
+
+
+def _explain(error: Exception) -> str:
+    detail = str(error).removeprefix("Error while deserializing: ")
+    meaning = next((m for names, m in _MEANINGS if any(n in detail for n in names)), None)
+    return f"{meaning} (safetensors: {detail})" if meaning else f"safetensors: {detail}"
+
+
+def _array(key: str, stored: dict, fail) -> np.ndarray:
+    code = stored["dtype"]
+    dtype = np.dtype(_DTYPES[code]).newbyteorder("<")
+    array = np.frombuffer(stored["data"], dtype).reshape(stored["shape"])
+    if code == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+        raise fail(f"BOOL tensor {key!r} holds bytes other than 0 and 1")
+    # the package hands each tensor over in a bytearray of its own; a copy if it ever does not
+    return array if array.flags.writeable else array.copy()
+
+
+def _unique(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return obj
 
 
 def _encode(x):

@@ -120,6 +120,9 @@ def optimizer_step(optimizer) -> None:
     for parameter, grad, states in work:
         unit = kernels.optimizer_unit(optimizer, parameter.dtype)
         name = "update_vector" if len(parameter.shape) == 1 else "update_matrix"
-        scalars = [hyper[s] for s in unit.programs[name].scalars]
+        # in the parameter's dtype, as every train step passes them (a float32 update stays
+        # float32); t is the step number
+        scalars = [hyper[s] if s == "t" else parameter.dtype.type(hyper[s])
+                   for s in unit.programs[name].scalars]
         unit.functions[name](parameter.kernel_array(fetch=True, write=True), grad, *states,
                              *scalars)

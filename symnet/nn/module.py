@@ -105,12 +105,25 @@ class Module:
         """All parameters, in registration order (PyTorch's order)."""
         return [p for _, p in self.named_parameters()]
 
+    def named_layers(self, prefix: str = "") -> list[tuple[str, Module]]:
+        """The leaf modules in the order data flows through them, with their state-dict
+        prefixes ('0', '1.2', …); a module used twice appears at each of its places.
+
+        Example:
+            >>> import symnet as sn
+            >>> model = sn.Sequential(sn.Linear(2, 2), sn.Sequential(sn.Tanh()))
+            >>> [k for k, _ in model.named_layers()]
+            ['0', '1.0']
+        """
+        kids = list(self.__dict__.get("_modules", {}).items())
+        if not kids:
+            return [(prefix, self)]
+        return [leaf for name, kid in kids
+                for leaf in kid.named_layers(f"{prefix}.{name}" if prefix else name)]
+
     def layers(self) -> list[Module]:
         """The leaf modules in the order data flows through them."""
-        kids = list(self.children())
-        if not kids:
-            return [self]
-        return [leaf for kid in kids for leaf in kid.layers()]
+        return [m for _, m in self.named_layers()]
 
     # --- modes and gradients ---------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:

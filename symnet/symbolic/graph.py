@@ -138,22 +138,9 @@ def _(module: activations.LogSoftmax, b: _Builder, key: str) -> None:
     b.emit(f"A{b.layer}", LogSoftmax(b.current))
 
 
-def leaf_layers(model: Module) -> list[tuple[str, Module]]:
-    """Leaf modules in the order data flows through them, with their state-dict prefixes
-    ('0', '1.2', …); a module used twice appears at each of its places."""
-    def walk(m: Module, prefix: str):
-        kids = list(m._modules.items()) if hasattr(m, "_modules") else []
-        if not kids:
-            yield prefix, m
-        for name, kid in kids:
-            yield from walk(kid, f"{prefix}.{name}" if prefix else name)
-
-    return list(walk(model, ""))
-
-
 def first_linear(model: Module) -> tuple[str, Linear]:
     """``(prefix, layer)`` of the model's first Linear, which fixes the input width."""
-    found = next(((k, m) for k, m in leaf_layers(model) if isinstance(m, Linear)), None)
+    found = next(((k, m) for k, m in model.named_layers() if isinstance(m, Linear)), None)
     if found is None:
         raise ValueError(f"{type(model).__name__} has no Linear layer, so its input width "
                          "is unknown")
@@ -168,7 +155,7 @@ def build(model: Module, loss: Loss) -> Graph:
         raise TypeError(f"loss must be a symnet loss, got {type(loss).__name__}")
     b = _Builder(first_linear(model)[1].in_features)
     inputs = b.current
-    for key, module in leaf_layers(model):
+    for key, module in model.named_layers():
         _contribute(module, b, key)
     if not b.forward:
         raise ValueError("the model has no layers")

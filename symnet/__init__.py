@@ -15,6 +15,7 @@ Example:
 """
 
 from symnet import optim
+from symnet.app.checkpoint import load_model
 from symnet.backends import compile, cuda
 from symnet.backends.cpu import TrainStep
 from symnet.io import load, save
@@ -48,5 +49,6 @@ __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Derivation", "GELU",
     "LeakyReLU", "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter",
     "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainStep",
-    "__version__", "compile", "cuda", "derive", "load", "manual_seed", "optim", "save",
+    "__version__", "compile", "cuda", "derive", "load", "load_model", "manual_seed", "optim",
+    "save",
 ]

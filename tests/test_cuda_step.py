@@ -332,3 +332,27 @@ def test_a_module_used_twice_matches_cpu(assert_close):
     for name, array in _state(model, opt).items():
         assert_close(array, expected[name], 1e-10, name)
     assert len(model.parameters()) == 6
+
+
+@needs_cuda
+def test_a_step_compiled_before_is_loaded_from_the_index_without_deriving(
+        tmp_path, monkeypatch, assert_close):
+    """As on the CPU: a CUDA step found in the on-disk step index needs no SymPy work."""
+    import symnet.backends.step as step_module
+    from symnet.backends import kernels
+
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "UNITS", {})
+    first_model, loss, first_opt = _setup("tanh", "ce", "sgd_momentum", "f32")
+    first = CudaTrainStep(first_model.to("cuda"), loss, first_opt, tile=TILE)
+    monkeypatch.setattr(kernels, "UNITS", {})  # a new process, as far as the step can tell
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("derived on a cache hit")
+
+    monkeypatch.setattr(step_module, "derive", refuse)
+    model, loss, opt = _setup("tanh", "ce", "sgd_momentum", "f32")
+    again = CudaTrainStep(model.to("cuda"), loss, opt, tile=TILE)
+    assert again.source() == first.source()
+    for X, y in _batches("ce", "f32"):
+        assert_close(again(X, y), first(X, y), 1e-6, "loss")

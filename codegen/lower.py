@@ -263,6 +263,8 @@ def _expressions_symbols(op) -> set[sp.Symbol]:
         exprs = [e for _, e in op.assigns]
     elif isinstance(op, Reduce):
         exprs = [op.expr, op.scale]
+    elif isinstance(op, MatMul) and op.scale is not None:  # an update fused into the GEMM
+        exprs = [op.scale]
     else:
         return set()
     found = set()

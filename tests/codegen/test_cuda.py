@@ -71,7 +71,7 @@ def _cpu_function(program, real):
 
 def _inputs(program, batch, dtype, rng) -> dict[str, np.ndarray]:
     """Every array of ``program``, random (labels are class indices, ``v…`` is ≥ 0)."""
-    labels = {op.labels: op.out for op in program.ops if isinstance(op, OneHot)}
+    labels = {op.indices: op.out for op in program.ops if isinstance(op, OneHot)}
     arrays = {}
     for name in program.arguments:
         if name in labels:

@@ -13,7 +13,7 @@ Mirrors `codegen.cpu` op by op:
 - ``Loop``: one thread per entry, registers for locals; loop invariants (``1 − β₁ᵗ``) are
   computed once on the host and passed in.
 - ``RowSum``: one thread per output column, summing its column: no race, deterministic.
-- ``RowOp``: one thread per sample row, max-subtracted as on the CPU.
+- ``RowOp``: one thread per stored row, max-subtracted as on the CPU.
 - ``Reduce``: per-thread partials, a shared-memory tree per block, one ``atomic.add``
   per block into ``total``; the scale is applied on the host.
 - ``CheckFinite``: one kernel over every entry of the checked arrays (and the value's
@@ -314,7 +314,7 @@ def _render_loop(op: Loop, r: _Render) -> None:
     r.driver.append(f"{name}[{launch}]({', '.join(params)})")
 
 
-# --- sums over samples, per-row ops, reductions, one-hot ----------------------------------
+# --- sums over rows, per-row ops, reductions, one-hot -------------------------------------
 def _render_rowsum(op: RowSum, r: _Render) -> None:
     body = [f"# {op.formula}", "j = cuda.grid(1)", f"if j < {op.out}.shape[0]:",
             f"{INDENT}acc = 0.0", f"{INDENT}for i in range({op.src}.shape[0]):",
@@ -387,7 +387,7 @@ def _render_onehot(op: OneHot, r: _Render) -> None:
                  f"{name}[_line({op.out}.shape[0])]({op.out}, {op.indices})"]
 
 
-# --- the finite check between the gradients and the updates -------------------------------
+# --- the finite check before the ops it guards ---------------------------------------------
 FLAG = "nonfinite"  # 1-element float64 device array: 0.0, or 1.0 once something is not finite
 
 

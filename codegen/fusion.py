@@ -1,8 +1,8 @@
 """Fuse consecutive entry-wise loops over one space into a single loop (a pure pass).
 
 A broadcast column added to a product and the function then applied to it become one loop;
-a chain of entry-wise equations over one array's space (five or six, in an optimizer's
-update) becomes one loop in which the values no other op reads are registers, never arrays.
+a chain of entry-wise equations over one space (five or six are common) becomes one loop in
+which the values no other op reads are registers, never arrays.
 
 Example:
     >>> import sympy as sp

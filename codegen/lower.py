@@ -1,6 +1,6 @@
 """Equations → kernel IR: one op (or a few) per equation, layouts fixed by `layout`.
 
-Each right-hand side form has one lowering, registered by type.  Loss bodies that take
+Each right-hand side form has one lowering, registered by type.  Sums whose body takes
 the log of a softmax read a log-softmax computed alongside it (never ``log(0)``).
 
 Example:

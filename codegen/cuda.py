@@ -166,7 +166,7 @@ class Kernel:
     name: str
     params: tuple[str, ...]
     lines: tuple[str, ...]
-    kinds: tuple[str, ...] = ()
+    kinds: tuple[str, ...]
 
 
 @dataclass
@@ -186,6 +186,9 @@ class _Render:
         while name in self.kernels:
             n += 1
             name = f"{stem}_{n}"
+        if len(kinds) != len(params):
+            raise ValueError(f"codegen.cuda: {name} has {len(params)} parameters but "
+                             f"{len(kinds)} kinds")
         lines = function_lines(name, params, [docstring_literal(doc), *body])
         self.kernels[name] = Kernel(name, tuple(params), tuple(lines), tuple(kinds))
         return name

@@ -39,11 +39,12 @@ class Op:
 
     @property
     def symbols(self) -> set[sp.Symbol]:
-        """Scalars the expressions read: every free symbol but array names and dummies."""
+        """Scalars the expressions read: every free symbol but array names, the loop
+        indices ``i``, ``j`` and dummies."""
         exprs = self.expressions
         found = {s for e in exprs for s in e.free_symbols
                  if isinstance(s, sp.Symbol) and not isinstance(s, sp.Dummy)}
-        return found - {x.label for e in exprs for x in e.atoms(sp.IndexedBase)}
+        return found - {x.label for e in exprs for x in e.atoms(sp.IndexedBase)} - {I, J}
 
 
 @dataclass(frozen=True)

@@ -252,9 +252,8 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
         for n in sorted(op.reads) + sorted(op.writes):
             if n not in arrays and (n in ctx.buffers or n in leading):
                 arrays.append(n)
-    index = {I, J, batch}
-    scalars = sorted({s.name for op in ops for s in op.symbols} -
-                     {s.name for s in index} - set(arrays) -
+    index = {I.name, J.name, batch.name}  # by name: a symbol called i would be the index
+    scalars = sorted({s.name for op in ops for s in op.symbols} - index - set(arrays) -
                      {f"t_{t}" for op in ops if isinstance(op, Loop) for t, _ in op.assigns})
     return Program(name, ops, tuple(arrays), tuple(scalars), ctx.buffers, returns)
 

@@ -23,10 +23,12 @@ from codegen.printer import HELPERS, kernel_code
 from codegen.schedule import plan_loop
 from codegen.source import (
     INDENT,
+    column_sum,
     comments,
     function,
     loop_statements,
     module_head,
+    one_hot_row,
     return_line,
     row_body,
     size_bindings,
@@ -135,10 +137,7 @@ def _render_rowsum(op: RowSum, parallel: bool) -> list[str]:
     if parallel:  # each output owns its sum: no race between threads
         return [f"# {op.formula}  (each output owns its sum: no race)",
                 f"for j in {_range(op.out + '.shape[0]', True)}:",
-                f"{INDENT}acc = 0.0",
-                f"{INDENT}for i in range({op.src}.shape[0]):",
-                f"{INDENT * 2}acc += {op.src}[i, j]",
-                f"{INDENT}{op.out}[j] = acc"]
+                *(INDENT + line for line in column_sum(op))]
     # Serial: walk the rows in memory order, so the inner loop vectorises.
     return [f"# {op.formula}",
             f"{op.out}[:] = 0.0",
@@ -168,9 +167,7 @@ def _render_reduce(op: Reduce, parallel: bool) -> list[str]:
 def _render_onehot(op: OneHot, parallel: bool) -> list[str]:
     return [f"# {op.out} = one_hot({op.indices})",
             f"for i in {_range(op.out + '.shape[0]', parallel)}:",
-            f"{INDENT}for j in range({op.out}.shape[1]):",
-            f"{INDENT * 2}{op.out}[i, j] = 0.0",
-            f"{INDENT}{op.out}[i, {op.indices}[i]] = 1.0"]
+            *(INDENT + line for line in one_hot_row(op))]
 
 
 def _render_check_finite(op: CheckFinite, parallel: bool) -> list[str]:

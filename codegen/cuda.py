@@ -45,12 +45,14 @@ from codegen.printer import HELPERS, KernelPrinter
 from codegen.schedule import plan_loop
 from codegen.source import (
     INDENT,
+    column_sum,
     comments,
     docstring_literal,
     function,
     function_lines,
     loop_statements,
     module_head,
+    one_hot_row,
     return_line,
     row_body,
     size_bindings,
@@ -320,8 +322,7 @@ def _render_loop(op: Loop, r: _Render) -> None:
 # --- sums over rows, per-row ops, reductions, one-hot -------------------------------------
 def _render_rowsum(op: RowSum, r: _Render) -> None:
     body = [f"# {op.formula}", "j = cuda.grid(1)", f"if j < {op.out}.shape[0]:",
-            f"{INDENT}acc = 0.0", f"{INDENT}for i in range({op.src}.shape[0]):",
-            f"{INDENT * 2}acc += {op.src}[i, j]", f"{INDENT}{op.out}[j] = acc"]
+            *(INDENT + line for line in column_sum(op))]
     name = r.kernel(f"rowsum_{op.out}", (op.out, op.src), (ARRAY[1], MATRIX), body,
                     "One thread per output column owns its whole sum: no race.")
     r.driver += [f"# {op.formula}", f"{name}[_line({op.out}.shape[0])]({op.out}, {op.src})"]
@@ -382,8 +383,7 @@ def _render_reduce(op: Reduce, r: _Render) -> None:
 
 def _render_onehot(op: OneHot, r: _Render) -> None:
     body = ["i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
-            f"{INDENT}for j in range({op.out}.shape[1]):", f"{INDENT * 2}{op.out}[i, j] = 0.0",
-            f"{INDENT}{op.out}[i, {op.indices}[i]] = 1.0"]
+            *(INDENT + line for line in one_hot_row(op))]
     name = r.kernel(f"one_hot_{op.out}", (op.out, op.indices), (MATRIX, "int64[:]"), body,
                     f"{op.out} = one_hot({op.indices}): one thread per sample row.")
     r.driver += [f"# {op.out} = one_hot({op.indices})",

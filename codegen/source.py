@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 import sympy as sp
 
-from codegen.ir import Program, RowOp
+from codegen.ir import OneHot, Program, RowOp, RowSum
 from codegen.schedule import LoopPlan
 
 INDENT = "    "
@@ -102,6 +102,19 @@ def row_body(op: RowOp) -> list[str]:
     """`ROW_BODIES` for ``op``, with its arrays' names filled in."""
     names = dict(zip("ab", op.inputs), out=op.out, out2=op.out2)
     return [line.format(**names) for line in ROW_BODIES[op.kind]]
+
+
+def column_sum(op: RowSum) -> list[str]:
+    """Output ``j`` of a `RowSum`, summed whole by whoever owns it (a thread, a ``prange``
+    iteration): no two write one entry."""
+    return ["acc = 0.0", f"for i in range({op.src}.shape[0]):",
+            f"{INDENT}acc += {op.src}[i, j]", f"{op.out}[j] = acc"]
+
+
+def one_hot_row(op: OneHot) -> list[str]:
+    """Row ``i`` of a `OneHot`: zeros, then a one at the row's index."""
+    return [f"for j in range({op.out}.shape[1]):", f"{INDENT}{op.out}[i, j] = 0.0",
+            f"{op.out}[i, {op.indices}[i]] = 1.0"]
 
 
 def loop_statements(plan: LoopPlan, two_d: bool, code: Callable[[sp.Expr], str],

@@ -27,7 +27,6 @@ import numpy as np
 
 ENV = "SYMNET_BLAS"
 SYMBOL = "scipy_cblas_{kind}{op}64_"  # cblas_sgemm, cblas_dgemv ...: ILP64, NumPy's prefix
-ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112  # CBLAS enum values
 
 
 @functools.lru_cache(maxsize=1)

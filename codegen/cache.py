@@ -4,10 +4,11 @@
 in a cache folder (``$SYMNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/symnet``, else
 ``~/.cache/symnet``).  Its name is a hash of the source and every compile option, so a
 second process finds the same file and Numba loads the machine code instead of compiling.
-Files are written atomically (temporary file, fsync, then a hard link that fails if the
-entry exists): of several processes compiling one model at once the first writer wins, the
-others find its intact file, and a torn file is never seen.  A damaged entry (ours or
-Numba's index and machine code beside it) is detected, rebuilt and reported with a warning.
+Files are written atomically (`codegen.files.atomic_write`: temporary file, fsync, then a
+hard link that fails if the entry exists): of several processes compiling one module at
+once the first writer wins, the others find its intact file, and a torn file is never seen.
+A damaged entry (ours or Numba's index and machine code beside it) is detected, rebuilt and
+reported with a warning.
 The folder is a code path: its modules are imported, and Python's bytecode and Numba's index
 files (pickles) in its ``__pycache__`` are loaded.  So it is created mode 0o700, and a folder
 that another user owns or can write to is refused (`UnsafeCacheDir`), never used as is.
@@ -28,7 +29,6 @@ import os
 import platform
 import stat
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +36,8 @@ from types import ModuleType
 import llvmlite
 import numba
 import numpy as np
+
+from codegen.files import atomic_write, read_if_exists
 
 FORMAT = "1"
 
@@ -93,36 +95,10 @@ def entry_name(source: str, options: dict) -> str:
     return "symnet_" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def _write_atomically(path: Path, text: str, replace: bool = True) -> bool:
-    """Write ``text`` to ``path`` whole or not at all; False if ``replace`` is off and another
-    process created ``path`` first (its file is then left alone)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)  # atomic, and fails if the entry exists: first writer wins
-        except FileExistsError:
-            return False
-        except OSError:  # a file system without hard links: equal bytes, so replace
-            os.replace(tmp, path)
-        return True
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _read(path: Path) -> str | None:
     """The entry's text; None if missing, "" if unreadable (damaged)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
+        return read_if_exists(path)
     except (OSError, UnicodeDecodeError):
         return ""
 
@@ -153,12 +129,13 @@ def load_module(source: str, options: dict) -> ModuleType:
     stamp = f"# symnet cache entry {name}\n"
     text = stamp + source
     current = _read(path)
-    if current is None and not _write_atomically(path, text, replace=False):
+    # Mode 0o600 as ever: the folder is private, and so is each entry in it.
+    if current is None and not atomic_write(path, text, exclusive=True, mode=0o600):
         current = _read(path)  # another process wrote it first: check theirs
     if current is not None and current != text:
         warnings.warn(f"symnet: cache entry {path} was damaged; rebuilding it",
                       RuntimeWarning, stacklevel=2)
-        _write_atomically(path, text)
+        atomic_write(path, text, mode=0o600)
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

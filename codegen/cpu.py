@@ -6,7 +6,7 @@ Example:
     >>> N = sp.Symbol("N")
     >>> p = Program("f", (MatMul("Z1", ("X", False), ("W1", True), "Z1 = W1*X"),),
     ...             ("X", "W1", "Z1"), (), {"X": Buffer("X", (N, 2))})
-    >>> print(render_function(p, N).splitlines()[-2])
+    >>> print(render_function(p).splitlines()[-2])
         np.dot(X, W1.T, Z1)
 """
 
@@ -21,8 +21,18 @@ from codegen.blas import choice
 from codegen.ir import CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 from codegen.printer import HELPERS, kernel_code
 from codegen.schedule import plan_loop
-
-INDENT = "    "
+from codegen.source import (
+    INDENT,
+    column_sum,
+    comments,
+    function,
+    loop_statements,
+    module_head,
+    one_hot_row,
+    return_line,
+    row_body,
+    size_bindings,
+)
 
 
 def _operand(operand) -> str:
@@ -44,23 +54,17 @@ def _loop_header(space, parallel: bool) -> tuple[list[str], str]:
 
 def _render_loop(op: Loop, parallel: bool) -> list[str]:
     plan = plan_loop(op)
-    lines = [f"# {f}" for f in op.formulas]
+    lines = comments(op.formulas)
     # Invariants in the arrays' own precision: `1 - beta1` is float64 in Numba (an int
     # minus a float32), and one float64 factor turns a whole float32 loop into float64.
     lines += [f"{s} = real({kernel_code(e)})" for s, e in plan.invariants]
     header, pad = _loop_header(op.space, parallel)
-    lines += header
-    at = "i, j" if len(op.space) == 2 else "i"
-    for symbol, value, array in plan.statements:
-        lines.append(f"{pad}{symbol} = {kernel_code(value)}")
-        if array is not None:
-            lines.append(f"{pad}{array}[{at}] = {symbol}")
-    return lines
+    return lines + header + loop_statements(plan, len(op.space) == 2, kernel_code, pad)
 
 
 def _render_matmul(op: MatMul, parallel: bool, cblas: bool = False) -> list[str]:
     (a, ta), (b, tb) = op.a, op.b
-    formula = [f"# {f}" for f in op.formula.splitlines()]
+    formula = comments(op.formula)
     if op.scale is not None:
         formula.append(f"# (one GEMM adds the scaled product into {op.out}: no gradient "
                        "buffer, no loop)")
@@ -133,10 +137,7 @@ def _render_rowsum(op: RowSum, parallel: bool) -> list[str]:
     if parallel:  # each output owns its sum: no race between threads
         return [f"# {op.formula}  (each output owns its sum: no race)",
                 f"for j in {_range(op.out + '.shape[0]', True)}:",
-                f"{INDENT}acc = 0.0",
-                f"{INDENT}for i in range({op.src}.shape[0]):",
-                f"{INDENT * 2}acc += {op.src}[i, j]",
-                f"{INDENT}{op.out}[j] = acc"]
+                *(INDENT + line for line in column_sum(op))]
     # Serial: walk the rows in memory order, so the inner loop vectorises.
     return [f"# {op.formula}",
             f"{op.out}[:] = 0.0",
@@ -145,36 +146,9 @@ def _render_rowsum(op: RowSum, parallel: bool) -> list[str]:
             f"{INDENT * 2}{op.out}[j] += {op.src}[i, j]"]
 
 
-ROW_BODIES = {
-    "softmax": ["m = {a}[i, 0]", "for j in range(1, {a}.shape[1]):",
-                "    m = max(m, {a}[i, j])", "s = 0.0", "for j in range({a}.shape[1]):",
-                "    e = math.exp({a}[i, j] - m)", "    {out}[i, j] = e", "    s += e",
-                "for j in range({a}.shape[1]):", "    {out}[i, j] = {out}[i, j] / s"],
-    "log_softmax": ["m = {a}[i, 0]", "for j in range(1, {a}.shape[1]):",
-                    "    m = max(m, {a}[i, j])", "s = 0.0", "for j in range({a}.shape[1]):",
-                    "    s += math.exp({a}[i, j] - m)", "lse = m + math.log(s)",
-                    "for j in range({a}.shape[1]):", "    {out}[i, j] = {a}[i, j] - lse"],
-    "softmax_log_softmax": ["m = {a}[i, 0]", "for j in range(1, {a}.shape[1]):",
-                            "    m = max(m, {a}[i, j])", "s = 0.0",
-                            "for j in range({a}.shape[1]):", "    e = math.exp({a}[i, j] - m)",
-                            "    {out}[i, j] = e", "    s += e", "lse = m + math.log(s)",
-                            "for j in range({a}.shape[1]):",
-                            "    {out}[i, j] = {out}[i, j] / s",
-                            "    {out2}[i, j] = {a}[i, j] - lse"],
-    "softmax_vjp": ["s = 0.0", "for j in range({a}.shape[1]):", "    s += {a}[i, j] * {b}[i, j]",
-                    "for j in range({a}.shape[1]):",
-                    "    {out}[i, j] = {a}[i, j] * ({b}[i, j] - s)"],
-    "log_softmax_vjp": ["s = 0.0", "for j in range({a}.shape[1]):", "    s += {b}[i, j]",
-                        "for j in range({a}.shape[1]):",
-                        "    {out}[i, j] = {b}[i, j] - math.exp({a}[i, j]) * s"],
-}
-
-
 def _render_rowop(op: RowOp, parallel: bool) -> list[str]:
-    names = dict(zip("ab", op.inputs), out=op.out, out2=op.out2)
-    body = [INDENT + line.format(**names) for line in ROW_BODIES[op.kind]]
-    return [*(f"# {f}" for f in op.formula.splitlines()),
-            f"for i in {_range(op.out + '.shape[0]', parallel)}:", *body]
+    return [*comments(op.formula), f"for i in {_range(op.out + '.shape[0]', parallel)}:",
+            *(INDENT + line for line in row_body(op))]
 
 
 def _render_reduce(op: Reduce, parallel: bool) -> list[str]:
@@ -191,19 +165,17 @@ def _render_reduce(op: Reduce, parallel: bool) -> list[str]:
 
 
 def _render_onehot(op: OneHot, parallel: bool) -> list[str]:
-    return [f"# {op.out} = one_hot({op.labels})",
+    return [f"# {op.out} = one_hot({op.indices})",
             f"for i in {_range(op.out + '.shape[0]', parallel)}:",
-            f"{INDENT}for j in range({op.out}.shape[1]):",
-            f"{INDENT * 2}{op.out}[i, j] = 0.0",
-            f"{INDENT}{op.out}[i, {op.labels}[i]] = 1.0"]
+            *(INDENT + line for line in one_hot_row(op))]
 
 
 def _render_check_finite(op: CheckFinite, parallel: bool) -> list[str]:
-    names = ", ".join([op.loss] * (op.loss is not None) + [n for n, _ in op.arrays])
+    names = ", ".join([op.value] * (op.value is not None) + [n for n, _ in op.arrays])
     lines = [f"# check_finite: no update unless {names} are finite",
-             f"nonfinite = {op.loss or 0.0} * 0.0"]
+             f"nonfinite = {op.value or 0.0} * 0.0"]
     lines += [f"nonfinite += _nonfinite({name})" for name, _ in op.arrays]
-    return lines + ["if nonfinite != 0.0:", f"{INDENT}return {op.loss or 0.0}, False"]
+    return lines + ["if nonfinite != 0.0:", f"{INDENT}return {op.value or 0.0}, False"]
 
 
 # v * 0 is 0 for finite v and NaN for NaN or ±Inf, so the sum is 0 exactly when every entry
@@ -229,10 +201,7 @@ RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
 def _identifiers(program: Program) -> None:
     """Every name printed as code must be an identifier: no name can smuggle in code."""
     names = [program.name, *program.arguments, *program.scalars]
-    for op in program.ops:
-        exprs = [e for _, e in op.assigns] if isinstance(op, Loop) else \
-            [op.expr, op.scale] if isinstance(op, Reduce) else []
-        names += [s.name for e in exprs for s in e.atoms(sp.Symbol)]
+    names += [s.name for op in program.ops for e in op.expressions for s in e.atoms(sp.Symbol)]
     bad = sorted({n for n in names if not (isinstance(n, str) and n.isidentifier()
                                             and not keyword.iskeyword(n))})
     if bad:
@@ -250,33 +219,16 @@ def _safe_line(line: str) -> str:
     return line
 
 
-def docstring_literal(text: str) -> str:
-    """``text`` as a module docstring that no backslash, quote or control character ends."""
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"""' + "".join(c if c.isprintable() or c == "\n" else ascii(c)[1:-1]
-                           for c in text) + '"""'
-
-
-def render_function(program: Program, batch: sp.Symbol, parallel: bool = False,
-                    cblas: bool = False) -> str:
+def render_function(program: Program, parallel: bool = False, cblas: bool = False) -> str:
     """The ``def`` of one program (without decorator); ``cblas``: products call ``_gemm``
     (NumPy's bundled OpenBLAS, `CBLAS_GEMM`) instead of ``np.dot``."""
     _identifiers(program)
-    params = ", ".join((*program.arguments, *program.scalars))
-    body: list[str] = []
-    bound: set[sp.Symbol] = set()
-    for name in program.arguments:  # sizes come from the arrays: N = X.shape[0]
-        for axis, extent in enumerate(getattr(program.buffers.get(name), "shape", ())):
-            if isinstance(extent, sp.Symbol) and extent not in bound:
-                body.append(f"{extent} = {name}.shape[{axis}]")
-                bound.add(extent)
+    body = size_bindings(program)
     renderers = {**RENDERERS, MatMul: functools.partial(_render_matmul, cblas=cblas)}
     for op in program.ops:
         body += [_safe_line(line) for line in renderers[type(op)](op, parallel)]
-    result = program.returns or "0.0"
-    guarded = any(isinstance(op, CheckFinite) for op in program.ops)
-    body.append(f"return {result}, True" if guarded else f"return {result}")
-    return f"def {program.name}({params}):\n" + "\n".join(INDENT + line for line in body)
+    body.append(return_line(program, program.returns or "0.0"))
+    return function(program.name, (*program.arguments, *program.scalars), body)
 
 
 def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = False,
@@ -286,12 +238,13 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
     ``real`` names the NumPy type of the arrays; loop invariants are computed in it.
     ``blas`` picks the products' library (`codegen.blas.choice`, the default):
     ``"numpy-openblas64"`` calls NumPy's bundled OpenBLAS, ``"scipy"`` uses ``np.dot``.
+    ``batch`` is not read (the arrays' shapes give every size); callers still pass it.
     """
     blas = blas or choice()
     cblas = blas == "numpy-openblas64"
     kind = "s" if real == "float32" else "d"
     jit = f"njit(cache=True, parallel={parallel}, error_model='numpy')"
-    parts = [docstring_literal(header) if header else "", "import math", "", "import numpy as np",
+    parts = [*module_head(header), "import numpy as np",
              "from numba import njit, prange", "", f"real = np.{real}", "",
              HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')")]
     products = [op for p in programs for op in p.ops if isinstance(op, MatMul)]
@@ -299,8 +252,8 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
         parts.append(CBLAS_GEMM.format(kind=kind))
     elif any(op.scale is not None for op in products):
         parts.append(GEMM_ADD.format(kind=kind))
-    if any(isinstance(op, CheckFinite) for p in programs for op in p.ops):
+    if any(p.guarded for p in programs):
         parts.append(NONFINITE)
     for program in programs:
-        parts += ["", f"@{jit}", render_function(program, batch, parallel, cblas), ""]
+        parts += ["", f"@{jit}", render_function(program, parallel, cblas), ""]
     return "\n".join(parts)

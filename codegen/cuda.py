@@ -3,7 +3,9 @@
 The driver is a plain Python function named after the program, with the CPU function's
 parameters (device arrays, then scalars) plus one 1-element float64 device array per
 reduction (``total_L``) and, with a finite check, its flag.  It launches the kernels in
-order, with grids computed from the shapes, and copies only the loss (and that flag) back.
+order, with grids computed from the shapes, and copies only the reductions' totals (and
+that flag) back.  Each `Kernel` records its parameters' kinds, which `signature` turns
+into Numba types.
 Mirrors `codegen.cpu` op by op:
 
 - ``MatMul``: tiled shared-memory product; a transposed operand is read in place by
@@ -11,13 +13,13 @@ Mirrors `codegen.cpu` op by op:
 - ``Loop``: one thread per entry, registers for locals; loop invariants (``1 − β₁ᵗ``) are
   computed once on the host and passed in.
 - ``RowSum``: one thread per output column, summing its column: no race, deterministic.
-- ``RowOp``: one thread per sample row, max-subtracted as on the CPU.
+- ``RowOp``: one thread per stored row, max-subtracted as on the CPU.
 - ``Reduce``: per-thread partials, a shared-memory tree per block, one ``atomic.add``
   per block into ``total``; the scale is applied on the host.
-- ``CheckFinite``: one kernel over every entry of the gradients (and the loss's ``total``);
-  a thread that sees NaN or ±Inf stores 1 into a 1-element ``nonfinite`` flag.  The driver
-  reads the flag back (one extra tiny copy, only in a guarded program) and, when it is set,
-  returns ``(loss, False)`` without launching any update kernel.
+- ``CheckFinite``: one kernel over every entry of the checked arrays (and the value's
+  ``total``); a thread that sees NaN or ±Inf stores 1 into a 1-element ``nonfinite`` flag.
+  The driver reads the flag back (one extra tiny copy, only in a guarded program) and, when
+  it is set, returns ``(value, False)`` without launching any later kernel.
 
 Example:
     >>> import sympy as sp
@@ -26,6 +28,8 @@ Example:
     ...             ("A", "B", "C"), (), {n: Buffer(n, (3, 3)) for n in "ABC"})
     >>> "def matmul_tn(C, A, B):" in render_module([p], sp.Symbol("N"), "float32")
     True
+    >>> [k.kinds for k in kernels(p, sp.Symbol("N"))]
+    [('real[:, :]', 'real[:, :]', 'real[:, :]')]
 """
 
 from __future__ import annotations
@@ -36,13 +40,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from codegen.cpu import ROW_BODIES, docstring_literal
-from codegen.ir import CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
-from codegen.lower import I, J
+from codegen.ir import CheckFinite, I, J, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
 from codegen.printer import HELPERS, KernelPrinter
 from codegen.schedule import plan_loop
+from codegen.source import (
+    INDENT,
+    column_sum,
+    comments,
+    docstring_literal,
+    function,
+    function_lines,
+    loop_statements,
+    module_head,
+    one_hot_row,
+    return_line,
+    row_body,
+    size_bindings,
+)
 
-INDENT = "    "
 TILE = 16  # matmul tile edge: 16×16 = 256 threads per block
 
 #: Builtins Numba's CUDA target cannot compile (``max``/``min`` are ``*args`` overloads
@@ -132,33 +147,60 @@ def _tiles(C):
 '''
 
 
+#: A kernel parameter's kind → its Numba type, given Numba's ``types`` and the arrays' type.
+PARAMETER_TYPES = {
+    "real[:]": lambda types, real: types.Array(real, 1, "C"),
+    "real[:, :]": lambda types, real: types.Array(real, 2, "C"),
+    "int64[:]": lambda types, real: types.Array(types.int64, 1, "C"),  # one-hot indices
+    "float64[:]": lambda types, real: types.Array(types.float64, 1, "C"),  # totals, the flag
+    "real": lambda types, real: real,  # a real scalar or a host invariant (k0)
+    "int64": lambda types, real: types.int64,  # a size or an integer scalar (a step count)
+}
+ARRAY = {1: "real[:]", 2: "real[:, :]"}  # an array of the arrays' type, by its dimensions
+MATRIX, ACCUMULATOR = ARRAY[2], "float64[:]"
+
+
 @dataclass(frozen=True)
 class Kernel:
-    """One ``@cuda.jit`` function: its name, parameters and body (``def`` included)."""
+    """One ``@cuda.jit`` function: its name, parameters, body (``def`` included) and each
+    parameter's kind (a key of `PARAMETER_TYPES`)."""
 
     name: str
     params: tuple[str, ...]
     lines: tuple[str, ...]
+    kinds: tuple[str, ...]
 
 
 @dataclass
 class _Render:
-    """What the renderers accumulate: kernels by name and the driver's lines."""
+    """What the renderers accumulate: kernels by name and the driver's lines; ``scalars``
+    and ``sizes`` tell a kernel's scalar parameters apart (`scalar_kind`)."""
 
     kernels: dict[str, Kernel]
+    scalars: dict[str, sp.Symbol] = field(default_factory=dict)
+    sizes: frozenset[str] = frozenset()
     driver: list[str] = field(default_factory=list)
     returns: dict[str, str] = field(default_factory=dict)  # scalar → host expression
 
-    def kernel(self, stem: str, params, body: list[str], doc: str) -> str:
+    def kernel(self, stem: str, params, kinds, body: list[str], doc: str) -> str:
         """Add a kernel named after ``stem`` (made unique) and return its name."""
         name, n = stem, 1
         while name in self.kernels:
             n += 1
             name = f"{stem}_{n}"
-        lines = (f"def {name}({', '.join(params)}):", INDENT + docstring_literal(doc),
-                 *(INDENT + line for line in body))
-        self.kernels[name] = Kernel(name, tuple(params), lines)
+        if len(kinds) != len(params):
+            raise ValueError(f"codegen.cuda: {name} has {len(params)} parameters but "
+                             f"{len(kinds)} kinds")
+        lines = function_lines(name, params, [docstring_literal(doc), *body])
+        self.kernels[name] = Kernel(name, tuple(params), tuple(lines), tuple(kinds))
         return name
+
+    def scalar_kind(self, name: str) -> str:
+        """A program scalar by its symbol's assumptions; a size is an int; anything else
+        (a loop invariant the driver computes) has the arrays' type."""
+        if name in self.scalars:
+            return "int64" if self.scalars[name].is_integer else "real"
+        return "int64" if name in self.sizes else "real"
 
 
 def _code(e) -> str:
@@ -218,24 +260,32 @@ def _render_matmul(op: MatMul, r: _Render) -> None:
     body, name = _matmul_kernel(ta, tb)
     if name not in r.kernels:
         shown = f"C = {'Aᵀ' if ta else 'A'}·{'Bᵀ' if tb else 'B'}"
-        r.kernel(name, ("C", "A", "B"), body,
+        r.kernel(name, ("C", "A", "B"), (MATRIX,) * 3, body,
                  f"{shown}, tiled through shared memory (transposes by index arithmetic).")
     r.driver += [f"# {op.formula}", f"{name}[_tiles({op.out})]({op.out}, {a}, {b})"]
 
 
 # --- entry-wise loops ----------------------------------------------------------------------
-def _arrays_and_scalars(exprs, skip: set[sp.Symbol]) -> tuple[list[str], set[sp.Symbol]]:
-    """Arrays (in order of first use) and scalar symbols the expressions read."""
-    arrays: list[str] = []
+def _arrays_and_scalars(exprs, skip: set[sp.Symbol]) -> tuple[dict[str, int], set[sp.Symbol]]:
+    """Arrays (in order of first use, with how many indices read them) and scalar symbols
+    the expressions read."""
+    arrays: dict[str, int] = {}
     scalars: set[sp.Symbol] = set()
     for e in exprs:
         labels = set()
         for x in sorted(e.atoms(sp.Indexed), key=str):
             labels.add(x.base.label)
-            if x.base.label.name not in arrays:
-                arrays.append(x.base.label.name)
+            arrays.setdefault(x.base.label.name, len(x.indices))
         scalars |= {s for s in e.free_symbols if isinstance(s, sp.Symbol)} - labels
     return arrays, scalars - skip - {I, J}
+
+
+def _parameters(arrays: dict[str, int], scalars: set[sp.Symbol],
+                r: _Render) -> tuple[list[str], list[str]]:
+    """A kernel's array parameters, then its scalars by name, and their kinds."""
+    names = sorted(str(s) for s in scalars)
+    return [*arrays, *names], [*(ARRAY[n] for n in arrays.values()),
+                               *(r.scalar_kind(n) for n in names)]
 
 
 def _calls_helper(e: sp.Expr) -> bool:
@@ -246,51 +296,44 @@ def _render_loop(op: Loop, r: _Render) -> None:
     # Device helpers (_sigmoid) cannot run on the host: such invariants go per thread.
     plan = plan_loop(op, per_entry=_calls_helper)
     two_d = len(op.space) == 2
-    at = "i, j" if two_d else "i"
-    body: list[str] = []
-    for symbol, value, array in plan.statements:
-        body.append(f"{INDENT}{symbol} = {kernel_code(value)}")
-        if array is not None:
-            body.append(f"{INDENT}{array}[{at}] = {symbol}")
+    body = loop_statements(plan, two_d, kernel_code, INDENT)
     arrays, scalars = _arrays_and_scalars([e for _, e, _ in plan.statements], plan.defined)
-    arrays += [t for t, _ in op.assigns if t not in op.locals and t not in arrays]
+    for target in op.stored:
+        arrays.setdefault(target, len(op.space))
     extents = [_code(x) for x in op.space]
     scalars |= {x for x in op.space if isinstance(x, sp.Symbol)}
-    params = arrays + sorted(str(s) for s in scalars)
+    params, kinds = _parameters(arrays, scalars, r)
     if two_d:
         head = ["j, i = cuda.grid(2)  # x along a stored row: neighbours read neighbours",
                 f"if i < {extents[0]} and j < {extents[1]}:"]
     else:
         head = ["i = cuda.grid(1)", f"if i < {extents[0]}:"]
-    stored = [t for t, _ in op.assigns if t not in op.locals]
-    name = r.kernel(f"loop_{stored[-1] if stored else op.assigns[-1][0]}", params,
-                    [f"# {f}" for f in op.formulas] + head + body,
+    name = r.kernel(f"loop_{(op.stored or (op.assigns[-1][0],))[-1]}", params, kinds,
+                    comments(op.formulas) + head + body,
                     "One thread per entry; locals stay in registers.")
     launch = f"_plane({extents[0]}, {extents[1]})" if two_d else f"_line({extents[0]})"
-    r.driver += [f"# {f}" for f in op.formulas]
+    r.driver += comments(op.formulas)
     # In the arrays' dtype: a float64 scalar (1/N) would make the kernel compute in float64.
     r.driver += [f"{s} = DTYPE({kernel_code(e)})  # loop invariant, once per step"
                  for s, e in plan.invariants]
     r.driver.append(f"{name}[{launch}]({', '.join(params)})")
 
 
-# --- sums over samples, per-row ops, reductions, one-hot ----------------------------------
+# --- sums over rows, per-row ops, reductions, one-hot -------------------------------------
 def _render_rowsum(op: RowSum, r: _Render) -> None:
     body = [f"# {op.formula}", "j = cuda.grid(1)", f"if j < {op.out}.shape[0]:",
-            f"{INDENT}acc = 0.0", f"{INDENT}for i in range({op.src}.shape[0]):",
-            f"{INDENT * 2}acc += {op.src}[i, j]", f"{INDENT}{op.out}[j] = acc"]
-    name = r.kernel(f"rowsum_{op.out}", (op.out, op.src), body,
+            *(INDENT + line for line in column_sum(op))]
+    name = r.kernel(f"rowsum_{op.out}", (op.out, op.src), (ARRAY[1], MATRIX), body,
                     "One thread per output column owns its whole sum: no race.")
     r.driver += [f"# {op.formula}", f"{name}[_line({op.out}.shape[0])]({op.out}, {op.src})"]
 
 
 def _render_rowop(op: RowOp, r: _Render) -> None:
-    names = dict(zip("ab", op.inputs), out=op.out, out2=op.out2)
-    formula = [f"# {f}" for f in op.formula.splitlines()]
+    formula = comments(op.formula)
     body = [*formula, "i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
-            *(INDENT + device_text(line.format(**names)) for line in ROW_BODIES[op.kind])]
+            *(INDENT + device_text(line) for line in row_body(op))]
     params = (*op.outputs, *op.inputs)
-    name = r.kernel(f"{op.kind}_{op.out}", params, body,
+    name = r.kernel(f"{op.kind}_{op.out}", params, (MATRIX,) * len(params), body,
                     "One thread per sample row; the row maximum is subtracted before exp.")
     r.driver += [*formula, f"{name}[_line({op.out}.shape[0])]({', '.join(params)})"]
 
@@ -299,13 +342,14 @@ def accumulators(program: Program) -> tuple[str, ...]:
     """The driver's trailing arguments: a 1-element float64 device array per reduction, and
     the finite check's flag (``nonfinite``) in a guarded program."""
     totals = tuple(f"total_{op.out}" for op in program.ops if isinstance(op, Reduce))
-    return totals + (FLAG,) * any(isinstance(op, CheckFinite) for op in program.ops)
+    return totals + (FLAG,) * program.guarded
 
 
 def _clear(r: _Render) -> str:
     """The kernel that zeroes a 1-element accumulator (added once)."""
     if "_clear" not in r.kernels:
-        r.kernel("_clear", ("total",), ["total[0] = 0.0"], "Zero an accumulator on the device.")
+        r.kernel("_clear", ("total",), (ACCUMULATOR,), ["total[0] = 0.0"],
+                 "Zero an accumulator on the device.")
     return "_clear"
 
 
@@ -313,7 +357,8 @@ def _render_reduce(op: Reduce, r: _Render) -> None:
     arrays, scalars = _arrays_and_scalars([op.expr], set())
     scalars |= {x for x in op.space if isinstance(x, sp.Symbol)}
     total = f"total_{op.out}"
-    params = [total, *arrays, *sorted(str(s) for s in scalars)]
+    params, kinds = _parameters(arrays, scalars, r)
+    params, kinds = [total, *params], [ACCUMULATOR, *kinds]
     rows = _code(op.space[0])
     per_thread = [f"if i < {rows}:"]
     if len(op.space) == 2:
@@ -329,7 +374,7 @@ def _render_reduce(op: Reduce, r: _Render) -> None:
             "while half > 0:", f"{INDENT}if tid < half:",
             f"{INDENT * 2}block[tid] += block[tid + half]", f"{INDENT}cuda.syncthreads()",
             f"{INDENT}half //= 2", "if tid == 0:", f"{INDENT}cuda.atomic.add({total}, 0, block[0])"]
-    name = r.kernel(f"reduce_{op.out}", params, body,
+    name = r.kernel(f"reduce_{op.out}", params, kinds, body,
                     "Per-thread partial sums, a tree per block, one atomic add per block.")
     r.driver += [f"# {op.formula}", f"{_clear(r)}[1, 1]({total})",
                  f"{name}[_line({rows})]({', '.join(params)})"]
@@ -338,23 +383,22 @@ def _render_reduce(op: Reduce, r: _Render) -> None:
 
 def _render_onehot(op: OneHot, r: _Render) -> None:
     body = ["i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
-            f"{INDENT}for j in range({op.out}.shape[1]):", f"{INDENT * 2}{op.out}[i, j] = 0.0",
-            f"{INDENT}{op.out}[i, {op.labels}[i]] = 1.0"]
-    name = r.kernel(f"one_hot_{op.out}", (op.out, op.labels), body,
-                    f"{op.out} = one_hot({op.labels}): one thread per sample row.")
-    r.driver += [f"# {op.out} = one_hot({op.labels})",
-                 f"{name}[_line({op.out}.shape[0])]({op.out}, {op.labels})"]
+            *(INDENT + line for line in one_hot_row(op))]
+    name = r.kernel(f"one_hot_{op.out}", (op.out, op.indices), (MATRIX, "int64[:]"), body,
+                    f"{op.out} = one_hot({op.indices}): one thread per sample row.")
+    r.driver += [f"# {op.out} = one_hot({op.indices})",
+                 f"{name}[_line({op.out}.shape[0])]({op.out}, {op.indices})"]
 
 
-# --- the finite check between the gradients and the updates -------------------------------
+# --- the finite check before the ops it guards ---------------------------------------------
 FLAG = "nonfinite"  # 1-element float64 device array: 0.0, or 1.0 once something is not finite
 
 
 def _render_check_finite(op: CheckFinite, r: _Render) -> None:
     # As in codegen.cpu, v * 0.0 is 0.0 for a finite v and NaN for NaN or ±Inf.  Every thread
     # that sees one stores the same 1.0, so the race is harmless and needs no atomic.  The
-    # loss is checked as its unscaled total (the scale, 1/N, keeps finite finite).
-    total = f"total_{op.loss}" if op.loss in r.returns else None
+    # value is checked as its unscaled total (the scale, 1/N, keeps finite finite).
+    total = f"total_{op.value}" if op.value in r.returns else None
     body = ["k = cuda.grid(1)", "bad = False"]
     if total is not None:
         body += [f"if k == 0 and {total}[0] * 0.0 != 0.0:", f"{INDENT}bad = True"]
@@ -369,16 +413,17 @@ def _render_check_finite(op: CheckFinite, r: _Render) -> None:
         sizes.append(size)
     body += ["if bad:", f"{INDENT}{FLAG}[0] = 1.0"]
     params = (FLAG, *([total] if total else []), *(n for n, _ in op.arrays))
-    checked = ", ".join([op.loss] * (total is not None) + [n for n, _ in op.arrays])
-    name = r.kernel("check_finite", params, body,
+    kinds = (ACCUMULATOR, *([ACCUMULATOR] if total else []), *(ARRAY[d] for _, d in op.arrays))
+    checked = ", ".join([op.value] * (total is not None) + [n for n, _ in op.arrays])
+    name = r.kernel("check_finite", params, kinds, body,
                     f"Set {FLAG}[0] unless {checked} are finite: one thread per entry.")
-    loss = r.returns.get(op.loss, "0.0")
+    value = r.returns.get(op.value, "0.0")
     extent = f"max(1, {', '.join(sizes)})" if sizes else "1"
     r.driver += [f"# check_finite: no update unless {checked} are finite",
                  f"{_clear(r)}[1, 1]({FLAG})",
                  f"{name}[_line({extent})]({', '.join(params)})",
                  f"if {FLAG}.copy_to_host()[0] != 0.0:  # the one extra copy: a flag",
-                 f"{INDENT}return {loss}, False"]
+                 f"{INDENT}return {value}, False"]
 
 
 RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
@@ -388,76 +433,63 @@ RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
 
 # --- the module ----------------------------------------------------------------------------
 def _scalar_symbols(program: Program) -> dict[str, sp.Symbol]:
-    exprs = [e for op in program.ops if isinstance(op, Loop) for _, e in op.assigns]
-    exprs += [e for op in program.ops if isinstance(op, Reduce) for e in (op.expr, op.scale)]
-    found = {s.name: s for e in exprs for s in e.free_symbols if isinstance(s, sp.Symbol)}
+    found = {s.name: s for op in program.ops for s in op.symbols}
     return {name: found.get(name, sp.Symbol(name)) for name in program.scalars}
 
 
-def render_program(program: Program, batch: sp.Symbol,
+def _sizes(program: Program) -> frozenset[str]:
+    """The size symbols of the program's arrays (``N``): integers on the device."""
+    return frozenset(x.name for b in program.buffers.values() for x in b.shape
+                     if isinstance(x, sp.Symbol))
+
+
+def render_program(program: Program,
                    known: dict[str, Kernel] | None = None) -> tuple[list[Kernel], str]:
     """The kernels of one program and the source of its host driver.
 
     ``known`` holds kernels already in the module (from earlier programs): names stay
     unique and the shared products are not repeated.
     """
-    r = _Render(dict(known or {}))
-    bound: set[sp.Symbol] = set()
-    for name in program.arguments:  # sizes come from the arrays: N = X.shape[0]
-        for axis, extent in enumerate(getattr(program.buffers.get(name), "shape", ())):
-            if isinstance(extent, sp.Symbol) and extent not in bound:
-                r.driver.append(f"{extent} = {name}.shape[{axis}]")
-                bound.add(extent)
-    for name, symbol in _scalar_symbols(program).items():
+    scalars = _scalar_symbols(program)
+    r = _Render(dict(known or {}), scalars, _sizes(program))
+    r.driver += size_bindings(program)
+    for name, symbol in scalars.items():
         # One type per scalar, so a kernel compiles once (lr=1 and lr=0.1 alike).
         r.driver.append(f"{name} = {'int' if symbol.is_integer else 'float'}({name})")
     for op in program.ops:
         RENDERERS[type(op)](op, r)
-    result = r.returns[program.returns] if program.returns else "0.0"
-    guarded = any(isinstance(op, CheckFinite) for op in program.ops)
-    r.driver.append(f"return {result}, True" if guarded else f"return {result}")
-    params = ", ".join((*program.arguments, *program.scalars, *accumulators(program)))
-    driver = f"def {program.name}({params}):\n" + "\n".join(INDENT + x for x in r.driver)
+    r.driver.append(return_line(program, r.returns[program.returns] if program.returns
+                                else "0.0"))
+    driver = function(program.name, (*program.arguments, *program.scalars,
+                                     *accumulators(program)), r.driver)
     new = [k for name, k in r.kernels.items() if name not in (known or {})]
     return new, driver
 
 
 def kernels(program: Program, batch: sp.Symbol) -> list[Kernel]:
-    """The kernels `render_module` emits for ``program`` (for signatures and PTX checks)."""
-    return render_program(program, batch)[0]
+    """The kernels `render_module` emits for ``program`` (for signatures and PTX checks);
+    ``batch`` is not read."""
+    return render_program(program)[0]
 
 
 def signature(kernel: Kernel, program: Program, dtype) -> tuple:
-    """Numba argument types of ``kernel`` as the driver launches it (for ``compile_ptx``)."""
+    """Numba argument types of ``kernel`` as the driver launches it (for ``compile_ptx``):
+    its parameters' kinds, looked up in `PARAMETER_TYPES`.  ``program`` is not read (the
+    kernel carries its kinds); callers still pass it."""
     from numba import types
 
     real = types.float32 if np.dtype(dtype) == np.float32 else types.float64
-    labels = {op.labels for op in program.ops if isinstance(op, OneHot)}
-    scalars = _scalar_symbols(program)
-    out = []
-    for name in kernel.params:
-        if name in labels:
-            out.append(types.Array(types.int64, 1, "C"))
-        elif name in ("total", FLAG) or name.startswith("total_"):
-            out.append(types.Array(types.float64, 1, "C"))
-        elif kernel.name.startswith("matmul_") or name in program.buffers:
-            ndim = 2 if kernel.name.startswith("matmul_") else len(program.buffers[name].shape)
-            out.append(types.Array(real, ndim, "C"))
-        elif name in scalars and not scalars[name].is_integer:
-            out.append(real)  # the step passes hyperparameters in the model's dtype
-        elif name in scalars or any(isinstance(x, sp.Symbol) and x.name == name
-                                    for b in program.buffers.values() for x in b.shape):
-            out.append(types.int64)
-        else:  # a host invariant (k0, c0), computed in the arrays' dtype
-            out.append(real)
-    return tuple(out)
+    return tuple(PARAMETER_TYPES[kind](types, real) for kind in kernel.kinds)
 
 
 def render_module(programs: list[Program], batch: sp.Symbol, dtype, tile: int = TILE,
                   header: str = "") -> str:
-    """A whole module: imports, launch helpers, device helpers, kernels, host drivers."""
+    """A whole module: imports, launch helpers, device helpers, kernels, host drivers.
+
+    ``batch`` is not read (the arrays' shapes give every size); callers still pass it.
+    """
     dtype_name = np.dtype(dtype).name
-    parts = [docstring_literal(header) if header else "", "import math", "", "import numba",
+    parts = [*module_head(header), "import numba",
              "from numba import cuda", NUMPY_COMPAT,
              f"DTYPE = numba.{dtype_name}  # the arrays' dtype (shared-memory tiles)",
              "ACCUMULATOR = numba.float64  # reductions add in float64, as on the CPU",
@@ -467,7 +499,7 @@ def render_module(programs: list[Program], batch: sp.Symbol, dtype, tile: int = 
              device_text(HELPERS.format(jit="cuda.jit(device=True)"))]
     drivers, known = [], {}
     for program in programs:
-        program_kernels, driver = render_program(program, batch, known)
+        program_kernels, driver = render_program(program, known)
         for k in program_kernels:
             parts += ["", "@cuda.jit(cache=True)", "\n".join(k.lines), ""]
             known[k.name] = k

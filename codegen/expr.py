@@ -54,10 +54,6 @@ class Elementwise(sp.MatrixExpr):
     def shape(self):
         return self.operands[0].shape
 
-    def scalar(self, *entries: sp.Expr) -> sp.Expr:
-        """The body evaluated on one entry of each operand."""
-        return self.body(*entries)
-
     def evaluate(self, *operands: sp.Matrix) -> sp.Matrix:
         rows, cols = operands[0].shape
         return sp.Matrix(rows, cols, lambda i, j: self.body(*(m[i, j] for m in operands)))
@@ -123,7 +119,7 @@ class LogSoftmaxVJP(_ColumnOp):
 
 
 class Total(sp.Expr):
-    """The sum of every entry of a matrix, ``1ᵀ·M·1``: how a loss becomes a scalar."""
+    """The sum of every entry of a matrix, ``1ᵀ·M·1``: a matrix reduced to a scalar."""
 
     def __new__(cls, matrix: sp.MatrixExpr):
         return sp.Expr.__new__(cls, matrix)

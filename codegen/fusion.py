@@ -1,7 +1,8 @@
 """Fuse consecutive entry-wise loops over one space into a single loop (a pure pass).
 
-Bias + activation become one loop; the whole Adam update of a parameter (g, m, v, m̂, v̂,
-the step) becomes one loop in which m̂ and v̂ are scalars in registers, never arrays.
+A broadcast column added to a product and the function then applied to it become one loop;
+a chain of entry-wise equations over one space (five or six are common) becomes one loop in
+which the values no other op reads are registers, never arrays.
 
 Example:
     >>> import sympy as sp
@@ -17,36 +18,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from codegen.ir import CheckFinite, Loop, MatMul, Reduce, RowOp, RowSum
-
-
-def reads(op) -> set[str]:
-    """Names of the arrays an op reads."""
-    if isinstance(op, MatMul):
-        return {op.a[0], op.b[0]}
-    if isinstance(op, RowSum):
-        return {op.src}
-    if isinstance(op, RowOp):
-        return set(op.inputs)
-    if isinstance(op, Loop):
-        found = {x.base.label.name for _, e in op.assigns for x in e.atoms(sp.Indexed)}
-        return found - op.locals
-    if isinstance(op, Reduce):
-        return {x.base.label.name for x in op.expr.atoms(sp.Indexed)}
-    if isinstance(op, CheckFinite):
-        return {name for name, _ in op.arrays}
-    return {getattr(op, "labels", "")}
-
-
-def writes(op) -> set[str]:
-    """Names of the arrays an op writes (a loop's locals are registers, not arrays)."""
-    if isinstance(op, Loop):
-        return {t for t, _ in op.assigns if t not in op.locals}
-    if isinstance(op, (Reduce, CheckFinite)):
-        return set()
-    if isinstance(op, RowOp):
-        return set(op.outputs)
-    return {op.out}
+from codegen.ir import Loop, MatMul
 
 
 def fuse_loops(ops: tuple, keep: set[str]) -> tuple:
@@ -61,7 +33,7 @@ def fuse_loops(ops: tuple, keep: set[str]) -> tuple:
     result = []
     for k, op in enumerate(merged):
         if isinstance(op, Loop):
-            elsewhere = set().union(*(reads(o) for n, o in enumerate(merged) if n != k))
+            elsewhere = set().union(*(o.reads for n, o in enumerate(merged) if n != k))
             local = {t for t, _ in op.assigns if t not in keep and t not in elsewhere}
             op = Loop(op.space, op.assigns, frozenset(local), op.formulas)
         result.append(op)
@@ -76,17 +48,17 @@ def _scaled_update(op: Loop) -> tuple[str, str, sp.Expr] | None:
     stored = {x.base.label.name: x for x in expr.atoms(sp.Indexed)}
     if target not in stored or len(stored) != 2:
         return None
-    (gradient,) = set(stored) - {target}
+    (term,) = set(stored) - {target}
     rest = sp.expand(expr - stored[target])
-    scale = sp.simplify(rest / stored[gradient])
+    scale = sp.simplify(rest / stored[term])
     if scale.has(sp.Indexed) or any(s.name in ("i", "j") for s in scale.free_symbols):
         return None
-    return target, gradient, scale
+    return target, term, scale
 
 
 def fuse_gemm_updates(ops: tuple, keep: set[str]) -> tuple:
     """``G = A·B`` that only the update ``P = P + c·G`` reads becomes one GEMM adding into
-    ``P`` (BLAS's β = 1): no ``G`` buffer, no update loop — SGD's ``W −= lr·dZᵀX``.
+    ``P`` (BLAS's β = 1): no ``G`` buffer, no update loop: ``P −= c·AᵀB``.
 
     Only when nothing between the product and the update writes ``A`` or ``B``, and ``G``
     is not kept (a finite check that reads ``G`` keeps the two apart).
@@ -96,14 +68,14 @@ def fuse_gemm_updates(ops: tuple, keep: set[str]) -> tuple:
         found = _scaled_update(op) if isinstance(op, Loop) else None
         if found is None:
             continue
-        target, gradient, scale = found
-        producers = [n for n, o in enumerate(ops) if gradient in writes(o)]
-        readers = [n for n, o in enumerate(ops) if gradient in reads(o)]
-        if gradient in keep or readers != [k] or len(producers) != 1:
+        target, term, scale = found
+        producers = [n for n, o in enumerate(ops) if term in o.writes]
+        readers = [n for n, o in enumerate(ops) if term in o.reads]
+        if term in keep or readers != [k] or len(producers) != 1:
             continue
         (n,) = producers
         product = ops[n]
-        between = set().union(*(writes(o) for o in ops[n + 1:k]))
+        between = set().union(*(o.writes for o in ops[n + 1:k]))
         if not isinstance(product, MatMul) or product.scale is not None or \
                 {product.a[0], product.b[0], target} & between:
             continue

@@ -3,7 +3,7 @@
 Samples are columns in the equations, but a batch arrives batch-major, (N, features),
 as in PyTorch.  So a matrix whose columns are the batch is stored transposed: its
 storage is (N, rows), C-contiguous, which is exactly the user's array, no copy.  Column
-vectors (biases) are stored 1-D; everything else (weights) as it is.  With that fixed, a
+vectors are stored 1-D; everything else as it is.  With that fixed, a
 product ``C = A·B`` becomes one BLAS call on the stored arrays, picking the transposes
 (``Cᵀ = Bᵀ·Aᵀ`` when C is batch-major), so no step ever copies a transpose.
 

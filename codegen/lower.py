@@ -1,6 +1,6 @@
 """Equations → kernel IR: one op (or a few) per equation, layouts fixed by `layout`.
 
-Each right-hand side form has one lowering, registered by type.  Loss bodies that take
+Each right-hand side form has one lowering, registered by type.  Sums whose body takes
 the log of a softmax read a log-softmax computed alongside it (never ``log(0)``).
 
 Example:
@@ -23,10 +23,21 @@ import sympy as sp
 
 from codegen import layout
 from codegen.expr import Elementwise, LogSoftmax, LogSoftmaxVJP, Softmax, SoftmaxVJP, Total
-from codegen.fusion import fuse_gemm_updates, fuse_loops, reads, writes
-from codegen.ir import Buffer, CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+from codegen.fusion import fuse_gemm_updates, fuse_loops
+from codegen.ir import (
+    Buffer,
+    CheckFinite,
+    I,
+    J,
+    Loop,
+    MatMul,
+    OneHot,
+    Program,
+    Reduce,
+    RowOp,
+    RowSum,
+)
 
-I, J = sp.symbols("i j", integer=True)  # noqa: E741 - loop indices
 ROW_OPS = {Softmax: "softmax", LogSoftmax: "log_softmax", SoftmaxVJP: "softmax_vjp",
            LogSoftmaxVJP: "log_softmax_vjp"}
 
@@ -34,8 +45,8 @@ ROW_OPS = {Softmax: "softmax", LogSoftmax: "log_softmax", SoftmaxVJP: "softmax_v
 def _column_matrices(equations: list[sp.Eq]) -> set[str]:
     """Column vectors stored as (rows, 1) matrices rather than 1-D: those in a product.
 
-    A weight with one input feature is (rows, 1) like a bias, but BLAS needs it 2-D, as do
-    its gradient and, through the elementwise updates that mix them, its optimizer state.
+    A (rows, 1) factor or result of a product stays 2-D, as BLAS needs it, and so does every
+    column that an elementwise equation combines with one of those.
     """
     def column(m) -> bool:
         return isinstance(m, sp.MatrixSymbol) and m.shape[1] == 1
@@ -73,7 +84,8 @@ class _Context:
         return m.name
 
     def ref(self, m: sp.MatrixSymbol, space: tuple) -> sp.Indexed:
-        """``m`` at the loop's current entry: [i, j], [i] or, for a bias, [j]."""
+        """``m`` at the loop's current entry: [i, j], [i] or, for a column broadcast along
+        the stored rows, [j]."""
         shape = self.buffers[self.buffer(m)].shape
         base = sp.IndexedBase(m.name)
         if len(shape) == len(space):
@@ -138,18 +150,18 @@ def _(rhs: sp.MatMul, lhs, ctx):
 
 @_lower.register
 def _(rhs: sp.MatAdd, lhs, ctx):
-    products = [t for t in rhs.args if not _is_bias(t)]
-    biases = [t for t in rhs.args if _is_bias(t)]
+    products = [t for t in rhs.args if not _is_broadcast_column(t)]
+    columns = [t for t in rhs.args if _is_broadcast_column(t)]
     space = ctx.buffers[ctx.buffer(lhs)].shape
-    if len(products) == 1:  # Z = W·X + b·1ᵀ: the product, then the biases added in place
+    if len(products) == 1:  # Z = W·X + b·1ᵀ: the product, then the columns added in place
         _lower(products[0], lhs, ctx)
-        value = ctx.ref(lhs, space) + sum(ctx.ref(t.args[0], space) for t in biases)
+        value = ctx.ref(lhs, space) + sum(ctx.ref(t.args[0], space) for t in columns)
         ctx.ops.append(Loop(space, ((lhs.name, value),), formulas=(f"{lhs} += bias",)))
         return
-    # A sum of several products (a gradient reaching a value along several paths, as for a
-    # parameter used twice): each product into a buffer of its own, then one entry-wise sum,
+    # A sum of several products (a derivative reaching a matrix along several paths, as for
+    # one used twice): each product into a buffer of its own, then one entry-wise sum,
     # which fuses with the loops that read it.
-    value = sum(ctx.ref(t.args[0], space) for t in biases)
+    value = sum(ctx.ref(t.args[0], space) for t in columns)
     for k, term in enumerate(products):
         if not isinstance(term, sp.MatrixSymbol):
             part = sp.MatrixSymbol(f"{lhs.name}_term{k + 1}", *lhs.shape)
@@ -159,7 +171,8 @@ def _(rhs: sp.MatAdd, lhs, ctx):
     ctx.ops.append(Loop(space, ((lhs.name, value),), formulas=(f"{lhs} = {rhs}",)))
 
 
-def _is_bias(term) -> bool:
+def _is_broadcast_column(term) -> bool:
+    """``c·1ᵀ``: a column repeated along every column of the result."""
     return isinstance(term, sp.MatMul) and isinstance(term.args[-1], sp.OneMatrix) and \
         term.args[-1].shape[0] == 1
 
@@ -186,7 +199,7 @@ for _cls in ROW_OPS:
     _lower.register(_cls)(_row_op)
 
 
-def _loss(eq: sp.Eq, ctx: _Context) -> None:
+def _scalar_reduction(eq: sp.Eq, ctx: _Context) -> None:
     (total,) = eq.rhs.atoms(Total)
     body = total.matrix
     for m in body.operands:
@@ -204,27 +217,28 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
 
     Arguments are ``leading`` (the per-call inputs) followed by every other array the
     program touches, in order of first use; values that only live inside one fused loop
-    become registers unless ``keep`` names them.  ``one_hot`` maps a target matrix to the
-    labels argument it is built from.  A scalar equation (the loss) is the return value.
+    become registers unless ``keep`` names them.  ``one_hot`` maps a matrix to the argument
+    of integer indices it is built from (`OneHot`).  A scalar equation (a `Total`) is the
+    return value.
 
-    ``guard_at`` (the index of the first update equation) puts a `CheckFinite` there: the
-    program returns ``(loss, finite)`` and skips every later equation unless the loss and
-    the arrays those equations read from earlier ones (the gradients) are finite.  No
-    equation before it may write a ``keep`` array (a parameter or optimizer state).
+    ``guard_at`` (the index of an equation) puts a `CheckFinite` there: the program returns
+    ``(value, finite)`` and skips that equation and every later one unless the scalar and
+    the arrays those equations read from earlier ones are finite.  No equation before it may
+    write a ``keep`` array (those the caller keeps between calls).
 
     ``gemm_updates`` lets a product that only an update ``P = P + c·G`` reads add into ``P``
     directly (`fuse_gemm_updates`; the CPU renderer supports it, the CUDA one does not).
     """
     ctx = _Context(batch, _column_matrices(equations))
     returns = None
-    for target, labels in (one_hot or {}).items():
-        ctx.ops.append(OneHot(target, labels))
+    for target, indices in (one_hot or {}).items():
+        ctx.ops.append(OneHot(target, indices))
     split = None
     for k, eq in enumerate(equations):
         if k == guard_at:
             split = len(ctx.ops)
         if isinstance(eq.lhs, sp.Symbol):
-            _loss(eq, ctx)
+            _scalar_reduction(eq, ctx)
             returns = eq.lhs.name
         else:
             _lower(eq.rhs, eq.lhs, ctx)
@@ -235,39 +249,25 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
         ops = fuse_gemm_updates(ops, set(keep) | set(leading))
     arrays: list[str] = list(leading)
     for op in ops:
-        for n in sorted(reads(op)) + sorted(writes(op)):
+        for n in sorted(op.reads) + sorted(op.writes):
             if n not in arrays and (n in ctx.buffers or n in leading):
                 arrays.append(n)
-    index = {I, J, batch}
-    scalars = sorted({s.name for op in ops for s in _expressions_symbols(op)} -
-                     {s.name for s in index} - set(arrays) -
+    index = {I.name, J.name, batch.name}  # by name: a symbol called i would be the index
+    scalars = sorted({s.name for op in ops for s in op.symbols} - index - set(arrays) -
                      {f"t_{t}" for op in ops if isinstance(op, Loop) for t, _ in op.assigns})
     return Program(name, ops, tuple(arrays), tuple(scalars), ctx.buffers, returns)
 
 
 def _guard(ctx: _Context, split: int | None, keep: frozenset[str],
-           loss: str | None) -> CheckFinite:
-    """The finite check between gradients and updates, after checking the order is so."""
+           value: str | None) -> CheckFinite:
+    """The finite check before the ops from ``split`` on, after checking that none before
+    writes a kept array."""
     before, after = ctx.ops[:split], ctx.ops[split:] if split is not None else []
-    early = set().union(*(writes(op) for op in before)) & set(keep)
+    written = set().union(*(op.writes for op in before))
+    early = written & set(keep)
     if early:
         raise ValueError(f"check_finite: {sorted(early)} are updated before the finite check; "
                          "the updates must come after the loss and every gradient")
-    written = set().union(*(writes(op) for op in before))
-    needed = sorted(set().union(*(reads(op) for op in after)) & written)
-    return CheckFinite(loss, tuple((n, len(ctx.buffers[n].shape)) for n in needed))
+    needed = sorted(set().union(*(op.reads for op in after)) & written)
+    return CheckFinite(value, tuple((n, len(ctx.buffers[n].shape)) for n in needed))
 
-
-def _expressions_symbols(op) -> set[sp.Symbol]:
-    if isinstance(op, Loop):
-        exprs = [e for _, e in op.assigns]
-    elif isinstance(op, Reduce):
-        exprs = [op.expr, op.scale]
-    else:
-        return set()
-    found = set()
-    for e in exprs:
-        found |= {s for s in e.free_symbols if isinstance(s, sp.Symbol)
-                  and not isinstance(s, sp.Dummy)}
-    return {s for s in found if not isinstance(s, sp.Indexed)} - {
-        x.label for e in exprs for x in e.atoms(sp.IndexedBase)}

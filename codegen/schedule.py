@@ -8,10 +8,9 @@ just before the first statement that needs it; the rest is computed once, before
 
 Example:
     >>> import sympy as sp
-    >>> from codegen.ir import Loop
-    >>> from codegen.lower import I, J
+    >>> from codegen.ir import I, Loop
     >>> Z, b, beta = sp.IndexedBase("Z"), sp.IndexedBase("b"), sp.Symbol("beta")
-    >>> op = Loop((sp.Symbol("n"),), (("A", (1 - beta) * (Z[I] + b[I])),), ("A = …",))
+    >>> op = Loop((sp.Symbol("n"),), (("A", (1 - beta) * (Z[I] + b[I])),), formulas=("A = …",))
     >>> plan = plan_loop(op)
     >>> plan.invariants, [(s.name, str(e), t) for s, e, t in plan.statements]
     ([(k0, 1 - beta)], [('t_A', 'k0*(Z[i] + b[i])', 'A')])
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 import sympy as sp
 
 from codegen.ir import Loop
-from codegen.lower import I, J
 from codegen.printer import stable
 
 
@@ -68,12 +66,11 @@ class LoopPlan:
 def plan_loop(op: Loop, per_entry: Callable[[sp.Expr], bool] | None = None) -> LoopPlan:
     """Order ``op``'s work; ``per_entry(e)`` keeps an invariant inside the loop anyway (CUDA:
     one that calls a device-only helper cannot run on the host)."""
-    index = (I, J) if len(op.space) == 2 else (I,)
     local_of: dict[sp.Indexed, sp.Symbol] = {}
     exprs = []
     for target, expr in op.assigns:
         exprs.append(expr.xreplace(local_of))
-        local_of[sp.IndexedBase(target)[index]] = sp.Symbol(f"t_{target}")
+        local_of[sp.IndexedBase(target)[op.index]] = sp.Symbol(f"t_{target}")
     replacements, reduced = hoisted(exprs)
     registers = {sp.Symbol(f"t_{target}") for target, _ in op.assigns}
     outside, inside, varying = [], [], set()

@@ -128,7 +128,7 @@ def test_the_check_sits_between_the_gradients_and_the_updates():
     assert all(not writes(op) & state for op in ops[:at])
     assert all(writes(op) <= state for op in ops[at + 1:])
     assert gradients <= set().union(*(writes(op) for op in ops[:at]))
-    assert {name for name, _ in ops[at].arrays} == gradients and ops[at].loss == "L"
+    assert {name for name, _ in ops[at].arrays} == gradients and ops[at].value == "L"
 
 
 def test_lower_refuses_a_check_placed_after_an_update():

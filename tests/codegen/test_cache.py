@@ -76,7 +76,7 @@ def test_load_writes_once_and_imports(cache_dir, monkeypatch):
     assert not list(cache_dir.glob("*.tmp"))  # the atomic write left nothing behind
 
     writes = []
-    monkeypatch.setattr(cache, "_write_atomically", lambda *a: writes.append(a))
+    monkeypatch.setattr(cache, "atomic_write", lambda *a, **k: writes.append(a))
     stamp = path.stat().st_mtime_ns
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -71,7 +71,7 @@ def _cpu_function(program, real):
 
 def _inputs(program, batch, dtype, rng) -> dict[str, np.ndarray]:
     """Every array of ``program``, random (labels are class indices, ``v…`` is ≥ 0)."""
-    labels = {op.labels: op.out for op in program.ops if isinstance(op, OneHot)}
+    labels = {op.indices: op.out for op in program.ops if isinstance(op, OneHot)}
     arrays = {}
     for name in program.arguments:
         if name in labels:
@@ -227,6 +227,37 @@ def test_kernels_match_cpu(case, batch, dtype, assert_close):
     for name in program.arguments:
         assert_close(gpu[name], ref[name], TOLERANCE[dtype], f"{case}: {name}")
     assert_close(gpu_value, cpu_value, TOLERANCE[dtype], f"{case}: return value")
+
+
+def _expected_type(name, program, real):
+    """A kernel parameter's Numba type from the program alone: what the driver passes."""
+    from numba import types
+
+    indices = {op.indices for op in program.ops if isinstance(op, OneHot)}
+    if name in indices:
+        return types.Array(types.int64, 1, "C")
+    if name == "total" or name == render.FLAG or name.startswith("total_"):
+        return types.Array(types.float64, 1, "C")
+    if name in program.buffers or name in ("A", "B", "C"):  # C = A·B names its operands
+        ndim = len(program.buffers[name].shape) if name in program.buffers else 2
+        return types.Array(real, ndim, "C")
+    symbols = {s.name: s for op in program.ops for s in op.symbols}
+    if name in program.scalars:
+        return types.int64 if symbols[name].is_integer else real
+    sizes = {x.name for b in program.buffers.values() for x in b.shape if isinstance(x, sp.Symbol)}
+    return types.int64 if name in sizes else real  # a size, else a host invariant (k0)
+
+
+@pytest.mark.parametrize("case", [*CASES, "guard"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_signature_gives_each_parameter_the_type_the_driver_passes(case, dtype):
+    from numba import types
+
+    program = _check_program() if case == "guard" else _program(case)
+    real = types.float32 if dtype == np.float32 else types.float64
+    for kernel in render.kernels(program, N):
+        expected = tuple(_expected_type(n, program, real) for n in kernel.params)
+        assert render.signature(kernel, program, dtype) == expected, kernel.name
 
 
 def test_source_names_formulas():

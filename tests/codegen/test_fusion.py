@@ -154,3 +154,24 @@ def test_products_load_from_numbas_cache_in_a_fresh_process(tmp_path, backend):
         assert run.returncode == 0, run.stderr[-3000:]
         hits.append(int(run.stdout.split()[-1]))
     assert hits == [0, 1]  # compiled once, then loaded
+
+
+def test_a_scale_only_the_fused_product_reads_is_a_parameter():
+    """With the update fused into the GEMM, the scale's symbols live only in the product's
+    ``scale``: they are still the program's scalars (else the kernel names an unbound lr)."""
+    from codegen.expr import Elementwise
+    from codegen.lower import lower
+
+    a, b = sp.Symbol("a"), sp.Symbol("b")
+    A, B = sp.MatrixSymbol("A", 3, 4), sp.MatrixSymbol("B", 4, 5)
+    Gm, Pm = sp.MatrixSymbol("G", 3, 5), sp.MatrixSymbol("P", 3, 5)
+    update = Elementwise(sp.Lambda((a, b), a - lr * b), Pm, Gm)
+    program = lower("step", [sp.Eq(Gm, A * B, evaluate=False), sp.Eq(Pm, update)], N,
+                    keep=frozenset({"P"}), gemm_updates=True)
+    assert [type(op) for op in program.ops] == [MatMul] and program.scalars == ("lr",)
+    module = load_module(render_module([program], N), {"test": "fused scale"})
+    rng = np.random.default_rng(1)
+    arrays = {n: rng.standard_normal(s) for n, s in (("A", (3, 4)), ("B", (4, 5)), ("P", (3, 5)))}
+    expected = arrays["P"] - 0.5 * arrays["A"] @ arrays["B"]
+    module.step(*(arrays[n] for n in program.arguments), 0.5)
+    np.testing.assert_allclose(arrays["P"], expected, rtol=1e-12)

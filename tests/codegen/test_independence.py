@@ -27,8 +27,8 @@ def _imported_modules(tree: ast.AST) -> list[str]:
 
 
 def test_codegen_has_files():
-    assert {"expr.py", "layout.py", "ir.py", "lower.py", "printer.py", "cpu.py",
-            "cache.py"} <= {f.name for f in FILES}
+    assert {"expr.py", "layout.py", "ir.py", "lower.py", "printer.py", "source.py", "cpu.py",
+            "cuda.py", "cache.py", "files.py"} <= {f.name for f in FILES}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)

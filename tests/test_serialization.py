@@ -2,13 +2,13 @@
 
 import errno
 import json
+import os
 import pickle
 import random
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections import OrderedDict
@@ -403,19 +403,25 @@ def _assert_old_intact(p, old, old_bytes):
 
 def test_failed_save_mid_write_keeps_old_file(tmp_path, monkeypatch):
     p, old, old_bytes = _snapshot(tmp_path)
-    real = tempfile.NamedTemporaryFile
+    real = os.fdopen
 
-    def disk_fills_up(*args, **kwargs):
-        tmp = real(*args, **kwargs)
+    class DiskFillsUp:
+        """The temporary file, taking half of the first write and then running out."""
 
-        def write(data):
-            tmp.file.write(bytes(data)[: len(data) // 2])
+        def __init__(self, *args, **kwargs):
+            self.file = real(*args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.file.write(bytes(data)[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        tmp.write = write
-        return tmp
-
-    monkeypatch.setattr(ser.tempfile, "NamedTemporaryFile", disk_fills_up)
+    monkeypatch.setattr(os, "fdopen", DiskFillsUp)
     with pytest.raises(OSError, match="No space left"):
         save_file({"first": np.ones(10_000), "second": np.zeros(1000, np.float32)}, p)
     monkeypatch.undo()

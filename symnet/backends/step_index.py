@@ -25,9 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import sympy as sp
 import codegen
 from codegen import blas
 from codegen.cache import cache_dir, entry_name, load_module
+from codegen.files import atomic_write
 from codegen.ir import Buffer, Program
 from symnet.backends.kernels import Unit
 from symnet.symbolic.graph import N
@@ -73,18 +72,7 @@ def store(key: tuple, unit: Unit) -> None:
                           for n, b in program.buffers.items()},
               "params": unit.params, "outputs": unit.outputs,
               "accumulators": list(unit.accumulators)}
-    path = _path(key)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(_path(key), json.dumps(record), mode=0o600)
 
 
 def _dimension_text(d) -> str:

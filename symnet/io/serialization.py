@@ -11,17 +11,17 @@ what is wrong with a file in a ``ValueError`` that names it.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
 import safetensors
 import safetensors.numpy
+
+from codegen.files import atomic_write
 
 __all__ = ["load", "load_file", "save", "save_file"]
 
@@ -68,7 +68,7 @@ def save_file(tensors: Mapping[str, np.ndarray], path,
         raise TypeError(f"metadata must map str to str, got {dict(metadata)!r}")
     arrays = {name: _stored(name, array) for name, array in tensors.items()}
     data = safetensors.numpy.save(arrays, dict(metadata) if metadata else None)
-    _write_atomically(_canonical(data), os.fspath(path))
+    atomic_write(path, _canonical(data))  # a replaced file keeps its mode
 
 
 def _stored(name, array) -> np.ndarray:
@@ -96,31 +96,6 @@ def _canonical(data: bytes) -> tuple[bytes, memoryview]:
     blob = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # the tensor data starts 8-byte aligned, as the package has it
     return len(blob).to_bytes(8, "little") + blob, memoryview(data)[8 + n:]
-
-
-def _write_atomically(chunks, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = os.stat(path).st_mode & 0o777 if os.path.isfile(path) else 0o644
-    tmp = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                      suffix=".tmp", delete=False)
-    try:
-        with tmp:
-            for chunk in chunks:
-                tmp.write(chunk)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, mode)
-        os.replace(tmp.name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable; best-effort
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

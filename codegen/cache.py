@@ -103,6 +103,24 @@ def _read(path: Path) -> str | None:
         return ""
 
 
+def stored_source(name: str, options: dict) -> str | None:
+    """The source of cache entry ``name`` if it is there and intact (its stamp, and a hash of
+    its source and ``options`` that is ``name``), else None: what an index that names
+    entries (the step index) reads back.
+
+    Example:
+        >>> import tempfile, os
+        >>> os.environ["SYMNET_CACHE_DIR"] = tempfile.mkdtemp()
+        >>> name = entry_name("x = 1", {}); _ = load_module("x = 1", {})
+        >>> stored_source(name, {}), stored_source(name, {"other": 1})
+        ('x = 1', None)
+    """
+    stamp, _, source = (_read(cache_dir() / f"{name}.py") or "").partition("\n")
+    if stamp != f"# symnet cache entry {name}" or entry_name(source, options) != name:
+        return None
+    return source
+
+
 def _check_numba_files(module: ModuleType) -> None:
     """Numba's index and machine-code files for each kernel must load; a damaged one
     (truncated, garbled) is dropped, with a warning, so the kernel is compiled again."""

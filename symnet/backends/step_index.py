@@ -34,7 +34,7 @@ import sympy as sp
 
 import codegen
 from codegen import blas
-from codegen.cache import cache_dir, entry_name, load_module
+from codegen.cache import cache_dir, entry_name, load_module, stored_source
 from codegen.files import atomic_write
 from codegen.ir import Buffer, Program
 from symnet.backends.kernels import Unit
@@ -136,11 +136,10 @@ def lookup(key: tuple, dtype) -> Unit | None:
         return None
     record, program = found
     name, options = record["entry"], record["options"]
+    source = stored_source(name, options)
+    if source is None:
+        return None  # compiling it again rewrites the module, with a warning
     try:
-        text = (cache_dir() / f"{name}.py").read_text(encoding="utf-8")
-        stamp, _, source = text.partition("\n")
-        if stamp != f"# symnet cache entry {name}" or entry_name(source, options) != name:
-            return None  # compiling it again rewrites the module, with a warning
         module = load_module(source, options)
         return Unit({program.name: program}, {program.name: getattr(module, program.name)},
                     source, dtype, bool(options.get("parallel")), options=options,

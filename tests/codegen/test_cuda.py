@@ -275,7 +275,7 @@ def test_source_names_formulas():
 # --- the finite check: against numpy's isfinite -----------------------------------------------
 def _check_program() -> Program:
     """``L = Σ Y`` then a finite check of L, a (3, 5) matrix and a 4-vector."""
-    from codegen.lower import I, J
+    from codegen.ir import I, J
 
     y = sp.IndexedBase("Y")[I, J]
     ops = (Reduce("L", (N, 2), y, sp.Integer(1), "L = sum(Y)"),

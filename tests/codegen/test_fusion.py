@@ -14,8 +14,7 @@ from codegen import blas
 from codegen.cache import load_module
 from codegen.cpu import render_module
 from codegen.fusion import fuse_gemm_updates
-from codegen.ir import Buffer, CheckFinite, Loop, MatMul, Program
-from codegen.lower import I, J
+from codegen.ir import Buffer, CheckFinite, I, J, Loop, MatMul, Program
 
 N = sp.Symbol("N", integer=True, positive=True)
 lr = sp.Symbol("lr")

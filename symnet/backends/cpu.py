@@ -60,7 +60,7 @@ class TrainStep(Step):
         batch = X.shape[0]
         # Which arrays the parameters hold now (as stored: no device sync here), with their
         # shapes: an array reshaped in place is checked again before any kernel sees it.
-        identity = (batch, [(id(p._host), p._host.shape, p.device)
+        identity = (batch, [(id(p._host), p._host.shape, p._storage is None)
                             for p in self.optimizer.params])
         if self._cache is None or self._cache[0] != identity:
             state = kernels.step_state(self.model, self.optimizer, self.unit.params,

@@ -51,7 +51,7 @@ class Step:
         self.check_finite = bool(check_finite)
         self._first = first_linear(model)
         self._derivation = None
-        self._hyper: tuple | None = None  # (optimizer.defaults, their scalars) last seen
+        self._hyper: tuple | None = None  # (optimizer.defaults, names, scalars) last seen
 
     @property
     def derivation(self):
@@ -80,11 +80,11 @@ class Step:
         """Hyperparameters in ``names``' order, converted once per change of their values:
         in the model's dtype, so a float32 update loop stays float32; ``t`` the next step."""
         defaults = self.optimizer.defaults
-        if self._hyper is None or self._hyper[0] != defaults or self._hyper[2] != names:
+        if self._hyper is None or self._hyper[1] is not names or self._hyper[0] != defaults:
             hyper = self.optimizer.hyperparameters()
-            self._hyper = (dict(defaults), [None if s == "t" else self.dtype(hyper[s])
-                                            for s in names], names)
-        scalars = self._hyper[1]
+            self._hyper = (dict(defaults), names, [None if s == "t" else self.dtype(hyper[s])
+                                                   for s in names])
+        scalars = self._hyper[2]
         if "t" in names:
             scalars = list(scalars)
             scalars[names.index("t")] = self.optimizer.step_count + 1

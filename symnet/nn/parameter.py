@@ -33,9 +33,8 @@ class Parameter:
     On a device (after ``module.to("cuda")``) the parameter owns a device copy of its values,
     a `symnet.nn.devices.Storage` its backend made (CUDA's `Mirror` also knows the device
     copies of the optimizer state a CUDA step keeps beside them, so moving the parameter home
-    brings those home too).  The
-    step trains the copies in place: between steps nothing crosses the bus.
-    ``data`` is still the host numpy array: reading it first copies the
+    brings those home too).  The step trains the copies in place: between steps nothing
+    crosses the bus.  ``data`` is still the host numpy array: reading it first copies the
     values back when the GPU's are newer, and since the caller may then write into it, the GPU
     copy is refreshed from it before the device next reads it.  Hold the parameter, not
     ``p.data``, across steps: an array fetched before a step does not see that step.

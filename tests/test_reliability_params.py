@@ -352,6 +352,20 @@ def test_bce_without_a_sigmoid_says_the_prediction_left_zero_one():
     assert "learning rate" not in str(error.value)
 
 
+def test_a_distributed_step_says_so_too():
+    """One process: the range is reduced over the ranks' shards, here one."""
+    from symnet.backends.mpi import DistributedStep
+
+    sn.manual_seed(0)
+    model = sn.Sequential(sn.Linear(3, 1))
+    step = DistributedStep(model, sn.BCELoss(), sn.optim.SGD(model.parameters(), lr=0.1))
+    X = np.full((4, 3), 5.0, np.float32) * np.sign(model[0].weight.data)
+    before = _bytes(model)
+    with pytest.raises(FloatingPointError, match=r"needs predictions in \[0.0, 1.0\]"):
+        step(X, np.ones((4, 1), np.float32))
+    assert _bytes(model) == before
+
+
 def test_a_mixed_dtype_model_names_its_layers():
     model = sn.Sequential(sn.Linear(2, 3), sn.Tanh(), sn.Linear(3, 1, dtype=np.float64))
     pattern = r"0\.weight, 0\.bias float32; 2\.weight, 2\.bias float64.*model\.to"

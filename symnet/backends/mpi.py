@@ -166,6 +166,7 @@ class DistributedStep(Step):
         self.gradients = [self.buffer[a:b].reshape(p.shape)
                           for a, b, p in zip(offsets[:-1], offsets[1:], optimizer.params)]
         self._arguments: dict[int, tuple] = {}
+        self._count = 0  # this rank's shard of the last batch
         self.timings: dict[str, list[float]] | None = (
             {"step": [], "allreduce": []} if timed else None)
 
@@ -180,14 +181,28 @@ class DistributedStep(Step):
             self.comm.Abort(1)
             raise  # Abort does not return; this keeps a mocked comm honest
         # every rank reduced the same buffer, so every rank counts the step or raises alike
-        return self._finish(value, finite)
+        return self._finish(value, finite, None if finite else self._prediction_range())
+
+    def _prediction_range(self) -> np.ndarray | None:
+        """Ŷ's smallest and largest entry over every rank's shard, for a refused step's
+        message (which every rank words alike); None if the loss needs no range."""
+        arguments = self.program.arguments[2:]
+        if self.loss.prediction_range is None or "Yhat" not in arguments:
+            return None
+        bounds = np.array([np.inf, np.inf])  # (min, −max): one MIN reduction for both
+        if self._count:
+            shard = self._arguments[self._count][1][arguments.index("Yhat")]
+            bounds[:] = np.nanmin(shard), -np.nanmax(shard)
+        if self.comm.Get_size() > 1:
+            self.comm.Allreduce(mpi().IN_PLACE, bounds, op=mpi().MIN)
+        return np.array([bounds[0], -bounds[1]])
 
     def _step(self, inputs, targets) -> tuple[float, bool]:
         start = time.perf_counter()
         X, Y = self._batch(inputs, targets, self.outputs)
         batch = X.shape[0]
         rows = shard(batch, self.comm.Get_size(), self.comm.Get_rank())
-        count = rows.stop - rows.start
+        count = self._count = rows.stop - rows.start
         self.buffer[:] = 0
         if count:
             value = self.unit.functions["gradients"](X[rows], Y[rows], *self._buffers(count))

@@ -116,13 +116,10 @@ def optimizer_step(optimizer) -> None:
                 f"{type(optimizer).__name__}.step: the gradient of {p._label} contains NaN or "
                 f"Inf; parameters and optimizer state were left unchanged")
     optimizer.step_count += 1
-    hyper = {**optimizer.hyperparameters(), "t": optimizer.step_count}
     for parameter, grad, states in work:
         unit = kernels.optimizer_unit(optimizer, parameter.dtype)
         name = "update_vector" if len(parameter.shape) == 1 else "update_matrix"
-        # in the parameter's dtype, as every train step passes them (a float32 update stays
-        # float32); t is the step number
-        scalars = [hyper[s] if s == "t" else parameter.dtype.type(hyper[s])
-                   for s in unit.programs[name].scalars]
+        scalars = optimizer.scalars(unit.programs[name].scalars, parameter.dtype.type,
+                                    optimizer.step_count)
         unit.functions[name](parameter.kernel_array(fetch=True, write=True), grad, *states,
                              *scalars)

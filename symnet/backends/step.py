@@ -77,13 +77,11 @@ class Step:
         return X, check_targets(self.loss, targets, X.shape[0], outputs, self.dtype)
 
     def _scalars(self, names: tuple[str, ...]) -> list:
-        """Hyperparameters in ``names``' order, converted once per change of their values:
-        in the model's dtype, so a float32 update loop stays float32; ``t`` the next step."""
+        """`Optimizer.scalars` for the next step, converted once per change of the
+        hyperparameters' values (only ``t`` changes every step)."""
         defaults = self.optimizer.defaults
         if self._hyper is None or self._hyper[1] is not names or self._hyper[0] != defaults:
-            hyper = self.optimizer.hyperparameters()
-            self._hyper = (dict(defaults), names, [None if s == "t" else self.dtype(hyper[s])
-                                                   for s in names])
+            self._hyper = (dict(defaults), names, self.optimizer.scalars(names, self.dtype, 0))
         scalars = self._hyper[2]
         if "t" in names:
             scalars = list(scalars)

@@ -272,8 +272,8 @@ float64): convert the whole model with model.to(np.float32) or model.to(np.float
             for p in self.parameters():
                 if p.dtype != target:
                     p._retype(target)
-        if where == "cuda":
-            self._move("cuda")
+        if where is not None and where != "cpu":
+            self._move(where)
         return self
 
     def _move(self, device: str) -> None:

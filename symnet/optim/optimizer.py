@@ -175,8 +175,9 @@ opt.param_groups[0]['lr'] (or opt.defaults['lr']), as in torch.optim
             for p in params]
 
     def __setattr__(self, name: str, value) -> None:
-        known = name.startswith("_") or name in self.__dict__ or hasattr(type(self), name)
-        if getattr(self, "_built", False) and not known:
+        # An attribute it has (step_count, every step) or a private one: set, and no more.
+        known = name in self.__dict__ or name.startswith("_") or hasattr(type(self), name)
+        if not known and getattr(self, "_built", False):
             hint = (f": hyperparameters are opt.param_groups[0][{name!r}] (or "
                     f"opt.defaults[{name!r}]), as in torch.optim") if name in self.defaults \
                 else f" (its hyperparameters: {', '.join(self.defaults)})"
@@ -216,6 +217,19 @@ opt.param_groups[0]['lr'] (or opt.defaults['lr']), as in torch.optim
     def hyperparameters(self) -> dict[str, float]:
         """Values of the scalar symbols the update equations use."""
         return {k: float(v) for k, v in self.defaults.items() if not isinstance(v, bool)}
+
+    def scalars(self, names: tuple[str, ...], dtype, t: int) -> list:
+        """The values of a kernel's scalar arguments ``names``, in order: hyperparameters in
+        ``dtype`` (a float32 update loop stays float32), ``t`` the step number.
+
+        Example:
+            >>> import numpy as np, symnet as sn
+            >>> opt = sn.optim.Adam(sn.Linear(2, 1).parameters(), lr=0.5)
+            >>> opt.scalars(("lr", "t"), np.float32, 3)
+            [np.float32(0.5), 3]
+        """
+        hyper = self.hyperparameters()
+        return [t if s == "t" else dtype(hyper[s]) for s in names]
 
     def updates(self, params: list[tuple[sp.MatrixSymbol, sp.MatrixSymbol, str]]) -> list[sp.Eq]:
         """Update equations for each ``(P, dP, state_key)``."""

@@ -45,14 +45,13 @@ def backward(graph: Graph) -> list[sp.Eq]:
     prediction = next((eq for eq in forward if eq.lhs.name == "Yhat"), None)
 
     def collect(target: sp.Basic, contribution: sp.MatrixExpr) -> None:
-        if target in uses:
-            parts = contributions.setdefault(target, [])
-            parts.insert(0, contribution)
-            if len(parts) == uses[target]:
-                del contributions[target]
-                eqs.append(sp.Eq(gradient_symbol(target), _sum(parts), evaluate=False))
-        elif target.name in defined:
-            contributions.setdefault(target, []).append(contribution)
+        if target not in uses and target.name not in defined:
+            return  # the input X, the target Y: no gradient wanted
+        parts = contributions.setdefault(target, [])
+        parts.insert(0, contribution)  # the sweep runs backwards: keep the forward order
+        if len(parts) == uses.get(target):
+            del contributions[target]
+            eqs.append(sp.Eq(gradient_symbol(target), _sum(parts), evaluate=False))
 
     for eq in reversed(forward):
         if eq.lhs == LOSS:

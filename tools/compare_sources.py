@@ -28,13 +28,13 @@ import io
 import json
 import os
 import runpy
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from revision import ROOT, checked_out, resolve  # noqa: E402
 
 # Each worker: (name, extra environment).  The simulator must be on before Numba is imported,
 # and the BLAS choice is read from the environment, so each is a process of its own.
@@ -282,20 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         kind, tree, out = args.worker
         work(kind, Path(tree), Path(out))
         return 0
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", args.rev + "^{commit}"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    scratch = Path(tempfile.mkdtemp(prefix="compare-sources-"))
-    other = scratch / "base"
-    try:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet",
-                        str(other), rev], check=True)
+    rev = resolve(args.rev)
+    with checked_out(rev) as (other, scratch):
         theirs = render_tree(other, scratch)
         ours = render_tree(ROOT, scratch)
         different = compare(ours, theirs, f"{args.rev} ({rev[:10]})", args.show)
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)],
-                       check=False)
-        shutil.rmtree(scratch, ignore_errors=True)
     total = len(set(ours) | set(theirs))
     print(f"{total - different} of {total} variants byte-identical to {args.rev} ({rev[:10]})"
           + (f"; {different} DIFFERENT" if different else ""))

@@ -85,3 +85,36 @@ def load_gemm(kind: str):
     gemv = types.ExternalFunction(SYMBOL.format(kind=kind, op="gemv"), types.void(
         enum, enum, size, size, real, pointer, size, pointer, size, real, pointer, size))
     return gemm, gemv
+
+
+THREADS_SYMBOL = "scipy_openblas_{op}_num_threads64_"  # NumPy's OpenBLAS thread count
+
+
+@functools.lru_cache(maxsize=2)
+def _threads_function(op: str):
+    function = getattr(ctypes.CDLL(numpy_openblas()), THREADS_SYMBOL.format(op=op))
+    function.restype, function.argtypes = ((ctypes.c_int, []) if op == "get"
+                                           else (None, [ctypes.c_int]))
+    return function
+
+
+def get_threads() -> int | None:
+    """The threads of NumPy's bundled OpenBLAS (None when NumPy has no such library)."""
+    return None if numpy_openblas() is None else int(_threads_function("get")())
+
+
+def set_threads(n: int) -> None:
+    """Give NumPy's bundled OpenBLAS ``n`` threads (nothing when NumPy has no such library)."""
+    if numpy_openblas() is not None:
+        _threads_function("set")(int(n))
+
+
+def load_threads():
+    """Numba's handles on NumPy's bundled OpenBLAS thread count: ``(get, set)``, called by
+    symbol name, as `load_gemm`'s products are."""
+    from llvmlite import binding
+    from numba import types
+
+    binding.load_library_permanently(numpy_openblas())
+    return (types.ExternalFunction(THREADS_SYMBOL.format(op="get"), types.intc()),
+            types.ExternalFunction(THREADS_SYMBOL.format(op="set"), types.void(types.intc)))

@@ -23,7 +23,6 @@ from codegen.printer import HELPERS, kernel_code
 from codegen.schedule import plan_loop
 from codegen.source import (
     INDENT,
-    column_sum,
     comments,
     function,
     loop_statements,
@@ -62,7 +61,8 @@ def _render_loop(op: Loop, parallel: bool) -> list[str]:
     return lines + header + loop_statements(plan, len(op.space) == 2, kernel_code, pad)
 
 
-def _render_matmul(op: MatMul, parallel: bool, cblas: bool = False) -> list[str]:
+def _render_matmul(op: MatMul, parallel: bool, cblas: bool = False,
+                   wide: bool = False) -> list[str]:
     (a, ta), (b, tb) = op.a, op.b
     formula = comments(op.formula)
     if op.scale is not None:
@@ -70,7 +70,8 @@ def _render_matmul(op: MatMul, parallel: bool, cblas: bool = False) -> list[str]
                        "buffer, no loop)")
     if cblas:
         alpha, beta = ("1", "0") if op.scale is None else (kernel_code(op.scale), "1")
-        return [*formula, f"_gemm({a}, {ta}, {b}, {tb}, {op.out}, real({alpha}), real({beta}))"]
+        call = f"({a}, {ta}, {b}, {tb}, {op.out}, real({alpha}), real({beta})"
+        return [*formula, f"_gemm_wide{call}, _nthreads)" if wide else f"_gemm{call})"]
     if op.scale is None:
         return [*formula, f"np.dot({_operand(op.a)}, {_operand(op.b)}, {op.out})"]
     return [*formula, f"_gemm_add({a}, {ta}, {b}, {tb}, {op.out}, real({kernel_code(op.scale)}))"]
@@ -133,11 +134,64 @@ def _gemm(A, ta, B, tb, C, alpha, beta):
 '''
 
 
+# A parallel module's products run on Numba's threads, each block of rows (or columns) of C
+# one single-threaded GEMM: two thread pools (OpenBLAS's and Numba's) spinning on the same
+# cores made a 2-thread step 30× slower; one pool splits the products as well as OpenBLAS's
+# own threads do (benchmarks/parallel_threshold.py).  Products under SPLIT_MIN multiply-adds,
+# and the GEMVs, stay whole.
+CBLAS_WIDE = '''
+SPLIT_MIN = 1 << 18
+
+
+@njit(cache=True)
+def _gemm_block(A, ta, B, tb, C, alpha, beta, r0, r1, c0, c1):
+    """C[r0:r1, c0:c1] = alpha·op(A)[r0:r1, :]·op(B)[:, c0:c1] + beta·C[r0:r1, c0:c1]."""
+    k = A.shape[0] if ta else A.shape[1]
+    a = A.ctypes.data + (r0 if ta else r0 * A.shape[1]) * A.itemsize
+    b = B.ctypes.data + (c0 * B.shape[1] if tb else c0) * B.itemsize
+    c = C.ctypes.data + (r0 * C.shape[1] + c0) * C.itemsize
+    _cblas_gemm(101, 112 if ta else 111, 112 if tb else 111, r1 - r0, c1 - c0, k, alpha,
+                a, max(1, A.shape[1]), b, max(1, B.shape[1]), beta, c, max(1, C.shape[1]))
+
+
+@njit(cache=True, parallel={parallel})
+def _gemm_wide(A, ta, B, tb, C, alpha, beta, threads):
+    m, n = C.shape
+    k = A.shape[0] if ta else A.shape[1]
+    if threads < 2 or m == 1 or n == 1 or m * n * k < SPLIT_MIN:
+        _gemm(A, ta, B, tb, C, alpha, beta)
+    elif m >= n:
+        rows = (m + threads - 1) // threads
+        for t in prange(threads):
+            if t * rows < m:
+                _gemm_block(A, ta, B, tb, C, alpha, beta, t * rows, min(m, t * rows + rows),
+                            0, n)
+    else:
+        cols = (n + threads - 1) // threads
+        for t in prange(threads):
+            if t * cols < n:
+                _gemm_block(A, ta, B, tb, C, alpha, beta, 0, m, t * cols,
+                            min(n, t * cols + cols))
+'''
+
+
 def _render_rowsum(op: RowSum, parallel: bool) -> list[str]:
-    if parallel:  # each output owns its sum: no race between threads
-        return [f"# {op.formula}  (each output owns its sum: no race)",
-                f"for j in {_range(op.out + '.shape[0]', True)}:",
-                *(INDENT + line for line in column_sum(op))]
+    if parallel:
+        # Each block of rows sums into its own partial row, then the partials are added in
+        # block order: no two threads write one entry, and every read walks memory in order.
+        src, out = op.src, op.out
+        return [f"# {op.formula}  (row blocks sum into partial rows, then in order: no race)",
+                f"parts = np.zeros((max(1, min(_nthreads, {src}.shape[0])), "
+                f"{out}.shape[0]), {out}.dtype)",
+                f"rows = ({src}.shape[0] + parts.shape[0] - 1) // parts.shape[0]",
+                "for c in prange(parts.shape[0]):",
+                f"{INDENT}for i in range(c * rows, min(c * rows + rows, {src}.shape[0])):",
+                f"{INDENT * 2}for j in range({out}.shape[0]):",
+                f"{INDENT * 3}parts[c, j] += {src}[i, j]",
+                f"{out}[:] = 0.0",
+                "for c in range(parts.shape[0]):",
+                f"{INDENT}for j in range({out}.shape[0]):",
+                f"{INDENT * 2}{out}[j] += parts[c, j]"]
     # Serial: walk the rows in memory order, so the inner loop vectorises.
     return [f"# {op.formula}",
             f"{op.out}[:] = 0.0",
@@ -193,6 +247,125 @@ def _nonfinite(a):
 """
 
 
+def work(op, buffers: dict) -> sp.Expr | None:
+    """The entries ``op`` computes, in the batch symbol: what decides whether it is worth
+    the threads (None: never a ``prange`` of its own; a product is split in `_gemm_wide`)."""
+    if isinstance(op, (Loop, Reduce)):
+        return sp.Mul(*op.space)
+    if isinstance(op, (RowOp, OneHot)):
+        return sp.Mul(*buffers[op.out].shape)
+    if isinstance(op, RowSum):
+        return sp.Mul(*buffers[op.src].shape)
+    return None
+
+
+def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0) -> int | None:
+    """The smallest batch at which some op of ``program`` computes ``min_work`` entries,
+    the first a threaded module can gain on (None: no batch up to 2³¹).
+
+    Example:
+        >>> import sympy as sp
+        >>> from codegen.ir import Loop, Program
+        >>> N, a = sp.Symbol("N"), sp.IndexedBase("a")
+        >>> op = Loop((N, 128), (("b", a[sp.Symbol("i"), sp.Symbol("j")] + 1),))
+        >>> threads_from(Program("f", (op,), ("a", "b"), ()), N, min_work=1000)
+        8
+    """
+    sizes = [e for e in (work(op, program.buffers) for op in program.ops) if e is not None]
+    if not sizes or min_work <= 0:
+        return 1 if sizes else None
+
+    def reached(n: int) -> bool:
+        return any(int(e.subs(batch, n)) >= min_work for e in sizes)
+
+    low, high = 1, 1 << 31
+    if not reached(high):
+        return None
+    while low < high:  # every size grows with the batch: the first batch that reaches it
+        middle = (low + high) // 2
+        low, high = (low, middle) if reached(middle) else (middle + 1, high)
+    return low
+
+
+def _guarded(lines_for, size: sp.Expr | None, min_work: int | None) -> list[str]:
+    """``op`` on the threads when its work reaches ``min_work`` and the step has more than
+    one thread, else serially; ``min_work`` None: always serial, 0: always on the threads.
+
+    Both versions are printed, unless the work is a number below ``min_work``; the lines
+    they share (comments, loop invariants) once, first.
+    """
+    serial = lines_for(False)
+    if size is None or min_work is None or (size.is_Integer and size < min_work):
+        return serial
+    wide = lines_for(True)
+    if min_work == 0:
+        return wide
+    k = 0
+    while k < min(len(serial), len(wide)) and serial[k] == wide[k]:
+        k += 1
+    test = "_nthreads > 1" if size.is_Integer else \
+        f"_nthreads > 1 and {kernel_code(size)} >= MIN_WORK"
+    return [*serial[:k], f"if {test}:", *(INDENT + line for line in wide[k:]),
+            "else:", *(INDENT + line for line in serial[k:])]
+
+
+#: The fewest entries an op needs to run on several threads by default (measured:
+#: benchmarks/parallel_threshold.py).
+MIN_WORK = 16384
+
+# A parallel module's threads: Numba's thread count, read inside kernels through the C
+# symbol its threading layer binds (by name, as Numba's own parallel loops read it:
+# numba.get_num_threads() compiled into a kernel is a pointer constant, which Numba refuses
+# to cache), capped by OpenBLAS's.  While a kernel runs with more than one thread, OpenBLAS
+# has one: the products are split over Numba's threads instead (`CBLAS_WIDE`).
+THREADS = """
+from numba import get_num_threads as _start_threads, types as _types
+
+_start_threads()  # starts Numba's threading layer, which binds the symbol get_num_threads
+_threads = _types.ExternalFunction("get_num_threads", _types.intp())
+MIN_WORK = {min_work}
+"""
+
+THREADS_CBLAS = """
+from codegen.blas import load_threads as _load_threads
+
+_blas_threads, _set_blas_threads = _load_threads()
+
+
+@njit(cache=True)
+def _share_threads():
+    threads = min(_threads(), _blas_threads())
+    saved = _blas_threads()
+    if threads > 1:
+        _set_blas_threads(1)
+    return threads, saved
+
+
+@njit(cache=True)
+def _give_back(threads, saved):
+    if threads > 1:
+        _set_blas_threads(saved)
+"""
+
+THREADS_NUMBA = """
+
+@njit(cache=True)
+def _share_threads():
+    return _threads(), 0
+
+
+@njit(cache=True)
+def _give_back(threads, saved):
+    return None
+"""
+
+#: Numba's parallel options: only the loops printed as ``prange`` run on threads (an array
+#: assignment such as ``db[:] = 0.0`` would otherwise become a parallel region of its own).
+PARALLEL = ("{'prange': True, 'comprehension': False, 'reduction': False, "
+            "'inplace_binop': False, 'setitem': False, 'numpy': False, 'stencil': False, "
+            "'fusion': False}")
+
+
 RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
              RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot,
              CheckFinite: _render_check_finite}
@@ -219,21 +392,38 @@ def _safe_line(line: str) -> str:
     return line
 
 
-def render_function(program: Program, parallel: bool = False, cblas: bool = False) -> str:
-    """The ``def`` of one program (without decorator); ``cblas``: products call ``_gemm``
-    (NumPy's bundled OpenBLAS, `CBLAS_GEMM`) instead of ``np.dot``."""
+def render_function(program: Program, min_work: int | None = None,
+                    cblas: bool = False) -> str:
+    """The ``def`` of one program (without decorator); ``min_work``: see `_guarded`;
+    ``cblas``: products call ``_gemm`` (NumPy's bundled OpenBLAS, `CBLAS_GEMM`) instead of
+    ``np.dot``."""
     _identifiers(program)
+    wide = min_work is not None
     body = size_bindings(program)
-    renderers = {**RENDERERS, MatMul: functools.partial(_render_matmul, cblas=cblas)}
+    if wide:
+        body.append("_nthreads, _blas_saved = _share_threads()")
+    renderers = {**RENDERERS,
+                 MatMul: functools.partial(_render_matmul, cblas=cblas, wide=wide)}
     for op in program.ops:
-        body += [_safe_line(line) for line in renderers[type(op)](op, parallel)]
+        lines = _guarded(functools.partial(renderers[type(op)], op),
+                         work(op, program.buffers), min_work)
+        body += [_safe_line(line) for line in lines]
     body.append(return_line(program, program.returns or "0.0"))
+    if wide:  # OpenBLAS gets its threads back before every return
+        body = [part for line in body for part in (
+            [line[:len(line) - len(line.lstrip())] + "_give_back(_nthreads, _blas_saved)", line]
+            if line.lstrip().startswith("return ") else [line])]
     return function(program.name, (*program.arguments, *program.scalars), body)
 
 
 def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = False,
-                  header: str = "", real: str = "float64", blas: str | None = None) -> str:
+                  header: str = "", real: str = "float64", blas: str | None = None,
+                  min_work: int = MIN_WORK) -> str:
     """A whole module: imports, stable helpers, one ``@njit(cache=True)`` per program.
+
+    ``parallel``: the entry-wise loops, row operations and reductions of at least
+    ``min_work`` entries run on Numba's threads (``prange``), smaller ones serially; with
+    ``min_work=0`` every one of them does.  Products run on BLAS's own threads either way.
 
     ``real`` names the NumPy type of the arrays; loop invariants are computed in it.
     ``blas`` picks the products' library (`codegen.blas.choice`, the default):
@@ -243,17 +433,24 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
     blas = blas or choice()
     cblas = blas == "numpy-openblas64"
     kind = "s" if real == "float32" else "d"
-    jit = f"njit(cache=True, parallel={parallel}, error_model='numpy')"
+    jit = "njit(cache=True, parallel={}, error_model='numpy')"
     parts = [*module_head(header), "import numpy as np",
              "from numba import njit, prange", "", f"real = np.{real}", "",
              HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')")]
+    if parallel:
+        parts += [THREADS.format(min_work=int(min_work)),
+                  THREADS_CBLAS if cblas else THREADS_NUMBA]
     products = [op for p in programs for op in p.ops if isinstance(op, MatMul)]
     if cblas and products:
         parts.append(CBLAS_GEMM.format(kind=kind))
+        if parallel:
+            parts.append(CBLAS_WIDE.format(parallel=PARALLEL))
     elif any(op.scale is not None for op in products):
         parts.append(GEMM_ADD.format(kind=kind))
     if any(p.guarded for p in programs):
         parts.append(NONFINITE)
     for program in programs:
-        parts += ["", f"@{jit}", render_function(program, parallel, cblas), ""]
+        text = render_function(program, min_work if parallel else None, cblas)
+        threaded = PARALLEL if "prange(" in text else False  # else Numba warns: no loop
+        parts += ["", f"@{jit.format(threaded)}", text, ""]
     return "\n".join(parts)

@@ -18,6 +18,7 @@ from symnet import optim
 from symnet.app.checkpoint import load_model
 from symnet.backends import compile, cuda
 from symnet.backends.cpu import TrainStep
+from symnet.backends.threads import get_num_threads, set_num_threads
 from symnet.io import load, save
 from symnet.nn import (
     GELU,
@@ -49,6 +50,6 @@ __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "Derivation", "GELU",
     "LeakyReLU", "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter",
     "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainStep",
-    "__version__", "compile", "cuda", "derive", "load", "load_model", "manual_seed", "optim",
-    "save",
+    "__version__", "compile", "cuda", "derive", "get_num_threads", "load", "load_model",
+    "manual_seed", "optim", "save", "set_num_threads",
 ]

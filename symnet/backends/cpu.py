@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from symnet.backends import eager, kernels
@@ -22,21 +23,37 @@ from symnet.optim import Optimizer
 
 
 class TrainStep(Step):
-    """``step(X, y) -> float``: one fused training step; parameters update in place."""
+    """``step(X, y) -> float``: one fused training step; parameters update in place.
 
-    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = False,
-                 *, check_finite: bool = True):
+    Two kernels of one step: the serial one, and (``parallel`` "auto" or True, with more
+    than one thread in Numba's pool) the threaded one, compiled the first time a batch
+    reaches the size where some loop can gain from threads (`codegen.cpu.threads_from`:
+    batch 1 for a 784-128-10 network, whose weight update is 100,352 entries) — a step that
+    never gets there never pays its compile time.  Both compute the same values (reductions
+    and split products to rounding).
+    """
+
+    def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,
+                 parallel: bool | str = "auto", *, check_finite: bool = True):
         super().__init__(model, loss, optimizer, check_finite=check_finite)
         # The key needs no derivation, so a step compiled before (in this process or, via
         # the index on disk, in an earlier one) is reused without any SymPy work.
-        key = ("step", kernels.structure_key(model, loss, self.dtype), parallel,
-               self.check_finite, kernels.update_signature(optimizer))
-        self.unit = self._unit(key, lambda: self._compile(parallel))
+        self._key = ("step", kernels.structure_key(model, loss, self.dtype),
+                     self.check_finite, kernels.update_signature(optimizer))
+        self.parallel = parallel
+        self.unit = self._kernel(False)
         self.program = self.unit.programs["train_step"]
         self.function = self.unit.functions["train_step"]
+        threaded = parallel is not False and numba.config.NUMBA_NUM_THREADS > 1
+        #: the smallest batch that runs the threaded kernel (None: none does)
+        self.threads_from = (1 if parallel is True else self.unit.threads_from) \
+            if threaded else None
         self._cache: tuple | None = None
 
-    def _compile(self, parallel: bool) -> kernels.Unit:
+    def _kernel(self, parallel: bool | str) -> kernels.Unit:
+        return self._unit(self._key + (parallel,), lambda: self._compile(parallel))
+
+    def _compile(self, parallel: bool | str) -> kernels.Unit:
         d = self.derivation
         program = kernels.step_program(d, self.loss, self.check_finite, gemm_updates=True)
         unit = kernels.compile_unit([program], self.dtype, parallel, f"symnet train step: "
@@ -49,10 +66,13 @@ class TrainStep(Step):
         arguments = self.program.arguments[2:]
         if self._cache is None or name not in arguments:
             return None
-        return self._cache[1][arguments.index(name)]
+        return self._cache[2][arguments.index(name)]
 
-    def source(self) -> str:
-        """The generated Numba source, commented with the formula of each kernel."""
+    def source(self, threaded: bool = False) -> str:
+        """The generated Numba source, commented with the formula of each kernel; with
+        ``threaded=True``, the threaded kernel's (compiled now if it was not yet)."""
+        if threaded and self.parallel is not False:
+            return self._kernel(self.parallel).source
         return self.unit.source
 
     def __call__(self, inputs, targets) -> float:
@@ -65,11 +85,14 @@ class TrainStep(Step):
         if self._cache is None or self._cache[0] != identity:
             state = kernels.step_state(self.model, self.optimizer, self.unit.params,
                                        self.dtype, "cpu")
+            wide = self.threads_from is not None and batch >= self.threads_from
+            unit = self._kernel(self.parallel) if wide else self.unit
             leading = self.program.arguments[:2]
-            args = self.unit.buffers("train_step", batch, {
+            args = unit.buffers("train_step", batch, {
                 leading[0]: X, leading[1]: Y, **{n: a for n, (a, _) in state.items()}})
-            self._cache = (identity, args[2:])
-        value = self.function(X, Y, *self._cache[1], *self._scalars(self.program.scalars))
+            function = unit.functions["train_step"] if wide else self.function
+            self._cache = (identity, function, args[2:])
+        value = self._cache[1](X, Y, *self._cache[2], *self._scalars(self.program.scalars))
         if not self.check_finite:
             return self._finish(value)
         value, finite = value
@@ -96,8 +119,8 @@ class CpuBackend:
     def update(self, optimizer: Optimizer) -> None:
         eager.optimizer_step(optimizer)
 
-    def compile(self, model: Module, loss: Loss, optimizer: Optimizer, *, parallel: bool,
-                check_finite: bool) -> TrainStep:
+    def compile(self, model: Module, loss: Loss, optimizer: Optimizer, *,
+                parallel: bool | str, check_finite: bool) -> TrainStep:
         return TrainStep(model, loss, optimizer, parallel, check_finite=check_finite)
 
 

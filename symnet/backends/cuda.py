@@ -448,9 +448,9 @@ class CudaBackend:
     def update(self, optimizer: Optimizer) -> None:
         eager.optimizer_step(optimizer)
 
-    def compile(self, model: Module, loss: Loss, optimizer: Optimizer, *, parallel: bool,
-                check_finite: bool) -> CudaTrainStep:
-        if parallel:
+    def compile(self, model: Module, loss: Loss, optimizer: Optimizer, *,
+                parallel: bool | str, check_finite: bool) -> CudaTrainStep:
+        if parallel is True:  # "auto" (the default) and False say nothing about a GPU
             raise ValueError("compile: parallel=True runs the CPU kernels on several threads; "
                              "it does not apply to a model on 'cuda'")
         return CudaTrainStep(model, loss, optimizer, check_finite=check_finite)

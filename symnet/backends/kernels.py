@@ -18,7 +18,7 @@ import numpy as np
 import sympy as sp
 
 from codegen.cache import load_module
-from codegen.cpu import render_module
+from codegen.cpu import MIN_WORK, render_module, threads_from
 from codegen.ir import Program
 from codegen.lower import lower
 from symnet.nn.losses import Loss, MSELoss
@@ -40,7 +40,7 @@ class Unit:
     functions: dict
     source: str
     dtype: type
-    parallel: bool = False
+    parallel: bool | str = False
     _buffers: dict = field(default_factory=dict)
     #: the cache options the source was loaded under (they name its file)
     options: dict = field(default_factory=dict)
@@ -52,6 +52,8 @@ class Unit:
     accumulators: tuple[str, ...] = ()
     #: a model unit's graph (which symbol is which parameter, the output)
     graph: Graph | None = None
+    #: the smallest batch at which one of its loops reaches `codegen.cpu.MIN_WORK` entries
+    threads_from: int | None = None
 
     def buffers(self, name: str, batch: int, provided: dict[str, np.ndarray]) -> list:
         """Arguments of program ``name`` after the leading ones, allocated once per batch."""
@@ -105,14 +107,22 @@ def step_program(derivation, loss: Loss, check_finite: bool = False,
                  guard_at, gemm_updates=gemm_updates)
 
 
-def compile_unit(programs: list[Program], dtype, parallel: bool, title: str) -> Unit:
-    source = render_module(programs, N, parallel, header=title, real=np.dtype(dtype).name)
+def compile_unit(programs: list[Program], dtype, parallel: bool | str, title: str) -> Unit:
+    """``programs`` rendered into one module, compiled (or loaded from Numba's cache).
+
+    ``parallel``: ``"auto"`` runs the loops of at least `codegen.cpu.MIN_WORK` entries on
+    Numba's threads, ``True`` every loop, ``False`` none (`codegen.cpu.render_module`).
+    """
+    source = render_module(programs, N, parallel is not False, header=title,
+                           real=np.dtype(dtype).name, min_work=MIN_WORK * (parallel == "auto"))
     options = {"dtype": np.dtype(dtype).name, "parallel": parallel,
                "symnet": __version__}
     module = load_module(source, options)
+    starts = [threads_from(p, N, MIN_WORK) for p in programs]
     return Unit({p.name: p for p in programs}, {p.name: getattr(module, p.name)
                                                  for p in programs}, source, dtype, parallel,
-                options=options)
+                options=options, threads_from=min((s for s in starts if s is not None),
+                                                  default=None))
 
 
 def update_signature(optimizer) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from symnet.backends import kernels
 from symnet.backends.step import Step
+from symnet.backends.threads import check_parallel
 from symnet.nn.losses import Loss
 from symnet.nn.module import Module
 from symnet.optim import Optimizer
@@ -145,11 +146,13 @@ class DistributedStep(Step):
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, comm=None,
-                 parallel: bool = False, *, check_finite: bool = True, timed: bool = False):
+                 parallel: bool | str = False, *, check_finite: bool = True,
+                 timed: bool = False):
         moved = [(key, p.device) for key, p in model.named_parameters() if p.device != "cpu"]
         if moved:
             raise ValueError(f"DistributedStep runs on the CPU; parameter {moved[0][0]} is on "
                              f"{moved[0][1]!r}: call model.to('cpu') first")
+        check_parallel(parallel)
         super().__init__(model, loss, optimizer, check_finite=check_finite)
         self.comm = world(comm)
         self.unit = kernels.model_unit(model, loss, self.dtype, parallel)

@@ -30,6 +30,7 @@ import numpy as np
 
 from symnet.backends import kernels, step_index
 from symnet.backends.checks import check_inputs, check_targets, first_linear, not_finite_message
+from symnet.backends.threads import check_parallel
 from symnet.nn.devices import backend, check_device
 from symnet.nn.losses import Loss
 from symnet.nn.module import Module
@@ -97,7 +98,7 @@ class Step:
         return float(value)
 
 
-def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = False,
+def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool | str = "auto",
             device: str | None = None, *, check_finite: bool = True):
     """Fuse forward, loss, backward and ``optimizer``'s update into one compiled step.
 
@@ -106,6 +107,13 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = Fa
     parameters and optimizer state stay on the GPU between steps (host reads — ``p.data``,
     ``state_dict()`` — fetch them).  ``device``, when given, must be the model's device (a
     ValueError otherwise): the model is never moved behind your back.
+
+    ``parallel`` (CPU): ``"auto"`` (the default) runs the step on every thread it is given
+    (`symnet.backends.threads`): the matrix products, and the loops, row operations,
+    reductions and optimizer updates of at least `codegen.cpu.MIN_WORK` entries, while
+    smaller ones stay serial, where threads would cost more than they save; ``True`` puts
+    every loop on the threads, ``False`` compiles a single-threaded step (its products use
+    OpenBLAS's own threads).
 
     ``check_finite`` (on by default) puts a check between the gradients and the updates: a
     step whose loss or any gradient is NaN/Inf raises ``FloatingPointError`` and changes
@@ -122,6 +130,7 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool = Fa
         >>> "def train_step(" in step.source()
         True
     """
+    check_parallel(parallel)
     if device is not None:
         device = check_device(device)
         backend(device).require()  # no GPU: say so, rather than suggest moving the model

@@ -41,7 +41,7 @@ from symnet.backends.kernels import Unit
 from symnet.symbolic.graph import N
 from symnet.version import __version__
 
-FORMAT = "1"
+FORMAT = "2"
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,7 +71,7 @@ def store(key: tuple, unit: Unit) -> None:
               "buffers": {n: [_dimension_text(d) for d in b.shape]
                           for n, b in program.buffers.items()},
               "params": unit.params, "outputs": unit.outputs,
-              "accumulators": list(unit.accumulators)}
+              "accumulators": list(unit.accumulators), "threads_from": unit.threads_from}
     atomic_write(_path(key), json.dumps(record), mode=0o600)
 
 
@@ -104,6 +104,7 @@ FIELDS = {
     "buffers": lambda v: isinstance(v, dict) and all(isinstance(s, list) for s in v.values()),
     "params": lambda v: isinstance(v, dict) and all(isinstance(s, str) for s in v.values()),
     "outputs": lambda v: type(v) is int, "accumulators": _names,
+    "threads_from": lambda v: v is None or type(v) is int,
 }
 
 
@@ -142,8 +143,9 @@ def lookup(key: tuple, dtype) -> Unit | None:
     try:
         module = load_module(source, options)
         return Unit({program.name: program}, {program.name: getattr(module, program.name)},
-                    source, dtype, bool(options.get("parallel")), options=options,
+                    source, dtype, options.get("parallel", False), options=options,
                     params=dict(record["params"]), outputs=record["outputs"],
-                    accumulators=tuple(record["accumulators"]))
+                    accumulators=tuple(record["accumulators"]),
+                    threads_from=record["threads_from"])
     except (OSError, ValueError, AttributeError):
         return None

@@ -65,7 +65,7 @@ class Backend(Protocol):
     def update(self, optimizer) -> None:
         """``optimizer.step()`` from each parameter's ``.grad``."""
 
-    def compile(self, model, loss, optimizer, *, parallel: bool, check_finite: bool):
+    def compile(self, model, loss, optimizer, *, parallel: bool | str, check_finite: bool):
         """The fused train step of ``model`` (on this device) under ``loss``, ``optimizer``."""
 
 

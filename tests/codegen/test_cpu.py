@@ -1,8 +1,8 @@
 """codegen.cpu: the rendered @njit source computes what the equations say.
 
 Kernels with common subexpressions (GELU), constant branches (LeakyReLU's derivative) and
-loop invariants (Adam's bias correction) are compiled and compared with numpy / scipy; a
-``parallel=True`` training step must match the serial one.
+loop invariants (Adam's bias correction) are compiled and compared with numpy / scipy
+(parallel modules: tests/codegen/test_parallel.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import symnet as sn
 from codegen.cache import load_module
 from codegen.cpu import render_module
 from codegen.expr import Elementwise
-from codegen.ir import RowSum
 from codegen.lower import lower
 
 special = pytest.importorskip("scipy.special")
@@ -115,38 +114,6 @@ def test_loop_invariants_are_hoisted_and_correct():
     np.testing.assert_allclose(arrays[0], expected, rtol=1e-13)
     np.testing.assert_allclose(arrays[2], m1, rtol=1e-14)
     np.testing.assert_allclose(arrays[3], v1, rtol=1e-14)
-
-
-def test_parallel_source_puts_prange_over_independent_outputs():
-    db = sp.MatrixSymbol("db1", OUT, 1)
-    program = lower("grads", [_eq(db, dZ * sp.OneMatrix(N, 1))], N, leading=("dZ1",),
-                    keep=frozenset({"db1"}))
-    assert isinstance(program.ops[0], RowSum)
-    source = render_module([program], N, parallel=True)
-    assert "for j in prange(db1.shape[0]):" in source  # one thread per output entry
-    assert "for i in range(dZ1.shape[0]):" in source  # the sum itself stays serial
-    assert "parallel=True" in source
-    assert "prange" not in render_module([program], N, parallel=False).replace(
-        "from numba import njit, prange", "")
-
-
-def test_parallel_step_matches_serial_step():
-    rng = np.random.default_rng(3)
-    X, labels = rng.standard_normal((256, 5)), rng.integers(0, 4, 256)
-    results = []
-    for parallel in (False, True):
-        sn.manual_seed(0)
-        model = sn.Sequential(sn.Linear(5, 16), sn.Sigmoid(), sn.Linear(16, 4)).to(np.float64)
-        opt = sn.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-        step = sn.compile(model, sn.CrossEntropyLoss(), opt, parallel=parallel)
-        assert ("prange(" in step.source()) == parallel
-        losses = [step(X, labels) for _ in range(5)]
-        results.append((losses, model.state_dict()))
-    (serial_losses, serial), (parallel_losses, parallel_state) = results
-    np.testing.assert_allclose(parallel_losses, serial_losses, rtol=1e-12)
-    for key, value in parallel_state.items():
-        np.testing.assert_allclose(value, serial[key], rtol=1e-12, atol=1e-14, err_msg=key)
-    assert serial_losses[-1] < serial_losses[0]
 
 
 def test_float32_loop_invariants_stay_float32():

@@ -247,20 +247,49 @@ def _nonfinite(a):
 """
 
 
+# What one entry of each kind of op costs, in halves of the cheapest loop's entry (a bias
+# add and ReLU, vectorised), as benchmarks/parallel_threshold.py measured them on 2 threads:
+# threads paid from 131,072 such entries, 32,768 of Adam's update (a division and a square
+# root), 2,048 of softmax rows (an exp per entry) and 262,144 of a bias gradient's column
+# sums: each the size where the serial op takes 6–12 µs, against about 2.5 µs to start and
+# join the threads.  `MIN_WORK` is the first in those units.
+ROW_COST = {"softmax": 128, "log_softmax": 128, "softmax_log_softmax": 128,
+            "log_softmax_vjp": 128, "softmax_vjp": 8}
+CHEAP_FUNCTIONS = (sp.Max, sp.Min, sp.Heaviside, sp.Abs, sp.sign, sp.Piecewise)
+
+
+def entry_cost(exprs) -> int:
+    """An entry-wise loop's cost per entry: 2, plus 3 per division or square root, plus 80
+    per exp, log or any other function that is not a select (``Max``, ``Heaviside``)."""
+    cost = 2
+    for e in exprs:
+        for node in sp.preorder_traversal(e):
+            if isinstance(node, sp.Function) and not isinstance(node, CHEAP_FUNCTIONS):
+                cost += 80
+            elif isinstance(node, sp.Pow) and not (node.exp.is_Integer and node.exp > 0):
+                cost += 3
+    return cost
+
+
 def work(op, buffers: dict) -> sp.Expr | None:
-    """The entries ``op`` computes, in the batch symbol: what decides whether it is worth
-    the threads (None: never a ``prange`` of its own; a product is split in `_gemm_wide`)."""
-    if isinstance(op, (Loop, Reduce)):
-        return sp.Mul(*op.space)
-    if isinstance(op, (RowOp, OneHot)):
-        return sp.Mul(*buffers[op.out].shape)
+    """What ``op`` costs, in the batch symbol: entries times `entry_cost` (`ROW_COST` for
+    rows); what decides whether it is worth the threads (None: never a ``prange`` of its
+    own; a product is split in `_gemm_wide`)."""
+    if isinstance(op, Loop):
+        return sp.Mul(*op.space) * entry_cost(e for _, e in op.assigns)
+    if isinstance(op, Reduce):
+        return sp.Mul(*op.space) * entry_cost([op.expr])
+    if isinstance(op, RowOp):
+        return sp.Mul(*buffers[op.out].shape) * ROW_COST[op.kind]
+    if isinstance(op, OneHot):
+        return sp.Mul(*buffers[op.out].shape) * 2
     if isinstance(op, RowSum):
         return sp.Mul(*buffers[op.src].shape)
     return None
 
 
 def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0) -> int | None:
-    """The smallest batch at which some op of ``program`` computes ``min_work`` entries,
+    """The smallest batch at which some op of ``program`` reaches ``min_work`` (`work`),
     the first a threaded module can gain on (None: no batch up to 2³¹).
 
     Example:
@@ -268,8 +297,8 @@ def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0) -> int |
         >>> from codegen.ir import Loop, Program
         >>> N, a = sp.Symbol("N"), sp.IndexedBase("a")
         >>> op = Loop((N, 128), (("b", a[sp.Symbol("i"), sp.Symbol("j")] + 1),))
-        >>> threads_from(Program("f", (op,), ("a", "b"), ()), N, min_work=1000)
-        8
+        >>> threads_from(Program("f", (op,), ("a", "b"), ()), N, min_work=2560)
+        10
     """
     sizes = [e for e in (work(op, program.buffers) for op in program.ops) if e is not None]
     if not sizes or min_work <= 0:
@@ -309,9 +338,9 @@ def _guarded(lines_for, size: sp.Expr | None, min_work: int | None) -> list[str]
             "else:", *(INDENT + line for line in serial[k:])]
 
 
-#: The fewest entries an op needs to run on several threads by default (measured:
-#: benchmarks/parallel_threshold.py).
-MIN_WORK = 16384
+#: The least `work` an op needs to run on several threads by default: 131,072 entries of a
+#: bias add and ReLU (measured: benchmarks/parallel_threshold.py).
+MIN_WORK = 2 * 131072
 
 # A parallel module's threads: Numba's thread count, read inside kernels through the C
 # symbol its threading layer binds (by name, as Numba's own parallel loops read it:

@@ -27,10 +27,9 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/derive_speed.py
-	$(PY) benchmarks/train_step.py --threads 1 --no-parallel
+	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/mpi_scaling.py
 	$(PY) benchmarks/gemm_share.py
-	$(PY) benchmarks/threads.py
 
 # On a machine with an NVIDIA GPU (needs the cuda extra): the fused CUDA step vs PyTorch CUDA.
 bench-gpu: setup

@@ -1,6 +1,6 @@
 """The benchmarked networks, built once for every benchmark script: an MLP of ReLU layers
-(``sizes`` input first) in symnet, seeded, and the same network in PyTorch with symnet's
-initial weights, so both sides start from identical parameters.
+(``sizes`` input first) in symnet, seeded, and the same network in PyTorch and in JAX with
+symnet's initial weights, so every side starts from identical parameters.
 
 Example:
     >>> model = symnet_mlp((4, 3, 2))
@@ -47,3 +47,59 @@ def torch_mlp(torch, sizes, sn_model, optimizer: str, device=None):
     if device is not None:
         model.to(device)
     return model, getattr(torch.optim, optimizer)(model.parameters(), lr=LR[optimizer])
+
+
+def jax_mlp(jax, sn_model, optimizer: str):
+    """The same MLP in JAX with ``sn_model``'s weights, written the way JAX's docs write a
+    training step: ``(params, state, update)``.
+
+    ``params`` is a list of ``(W, b)`` pairs, W ``(out, in)`` as in symnet and torch;
+    ``update(params, state, X, y) -> (params, state, loss)`` is ONE ``jax.jit`` (donating
+    ``params`` and ``state``) of ``jax.value_and_grad`` of the mean cross-entropy (through
+    ``jax.nn.log_softmax``, integer labels ``y``) and the parameter update: SGD
+    ``p − lr·g`` (``state`` is empty), or Adam exactly as ``torch.optim.Adam``'s defaults
+    (betas 0.9, 0.999, eps 1e-8, bias correction; ``state`` is ``(t, m, v)``, the step
+    count ``t`` included).  ``loss`` is the loss before the update, like the other steps'.
+    """
+    import functools
+
+    jnp = jax.numpy
+    lr = LR[optimizer]
+    linear = [m for m in sn_model.layers() if type(m).__name__ == "Linear"]
+    params = [(jnp.asarray(m.weight.data), jnp.asarray(m.bias.data)) for m in linear]
+
+    def loss_fn(params, X, y):
+        h = X
+        for W, b in params[:-1]:
+            h = jax.nn.relu(h @ W.T + b)
+        W, b = params[-1]
+        logp = jax.nn.log_softmax(h @ W.T + b)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    if optimizer == "SGD":
+        state = ()
+
+        def update(params, state, X, y):
+            loss, grads = jax.value_and_grad(loss_fn)(params, X, y)
+            return jax.tree.map(lambda p, g: p - lr * g, params, grads), state, loss
+    elif optimizer == "Adam":
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        state = (jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params),
+                 jax.tree.map(jnp.zeros_like, params))
+
+        def update(params, state, X, y):
+            loss, grads = jax.value_and_grad(loss_fn)(params, X, y)
+            t, m, v = state
+            t = t + 1
+            m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
+            v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
+            tf = t.astype(jnp.float32)
+            step_size = lr / (1 - b1 ** tf)
+            bias_correction2_sqrt = jnp.sqrt(1 - b2 ** tf)
+            params = jax.tree.map(
+                lambda p, m, v: p - step_size * m / (jnp.sqrt(v) / bias_correction2_sqrt + eps),
+                params, m, v)
+            return params, (t, m, v), loss
+    else:
+        raise ValueError(f"jax_mlp: unknown optimizer {optimizer!r}")
+    return params, state, functools.partial(jax.jit, donate_argnums=(0, 1))(update)

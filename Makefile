@@ -26,7 +26,9 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/derive_speed.py
+	$(PY) benchmarks/parallel_threshold.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/mpi_scaling.py
 	$(PY) benchmarks/gemm_share.py

@@ -290,7 +290,8 @@ def work(op, buffers: dict) -> sp.Expr | None:
 
 def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0) -> int | None:
     """The smallest batch at which some op of ``program`` reaches ``min_work`` (`work`),
-    the first a threaded module can gain on (None: no batch up to 2³¹).
+    the first a threaded module can gain on (None: no batch up to 2³¹; sizes in other
+    symbols, as in an update for any parameter shape, are not counted).
 
     Example:
         >>> import sympy as sp
@@ -300,7 +301,8 @@ def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0) -> int |
         >>> threads_from(Program("f", (op,), ("a", "b"), ()), N, min_work=2560)
         10
     """
-    sizes = [e for e in (work(op, program.buffers) for op in program.ops) if e is not None]
+    sizes = [e for e in (work(op, program.buffers) for op in program.ops)
+             if e is not None and e.free_symbols <= {batch}]  # sizes known but for the batch
     if not sizes or min_work <= 0:
         return 1 if sizes else None
 

@@ -155,7 +155,7 @@ def _call_args(step):
     X, Y = _data()
     step(X, Y)  # fills the argument cache
     hyper = {**step.optimizer.hyperparameters(), "t": 1}
-    return (X, Y, *step._cache[1], *[hyper[s] for s in step.program.scalars])
+    return (X, Y, *step._cache[2], *[hyper[s] for s in step.program.scalars])
 
 
 # --- bad input: a clear error naming the layer or loss, and nothing changes ------------

@@ -142,7 +142,9 @@ class DistributedStep(Step):
     ``check_finite=True`` skips the update when a reduced gradient or the loss is NaN/Inf
     and raises FloatingPointError on every rank alike (no abort: they all agree).
     ``timed=True`` records each step's seconds and its ``Allreduce`` seconds in
-    ``timings``.
+    ``timings``.  ``parallel`` is serial by default (``False``): ranks usually take a core
+    each; ``"auto"`` or ``True`` compile the gradient kernel as `sn.compile` does
+    (`symnet.backends.threads`), for a rank that owns several cores.
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer, comm=None,

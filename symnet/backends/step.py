@@ -109,11 +109,12 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool | st
     ValueError otherwise): the model is never moved behind your back.
 
     ``parallel`` (CPU): ``"auto"`` (the default) runs the step on every thread it is given
-    (`symnet.backends.threads`): the matrix products, and the loops, row operations,
-    reductions and optimizer updates of at least `codegen.cpu.MIN_WORK` entries, while
-    smaller ones stay serial, where threads would cost more than they save; ``True`` puts
-    every loop on the threads, ``False`` compiles a single-threaded step (its products use
-    OpenBLAS's own threads).
+    (`symnet.backends.threads`): the matrix products, split into blocks, and each loop, row
+    operation, reduction and optimizer update whose work reaches a measured size
+    (`codegen.cpu.MIN_WORK`: as much as 131,072 entries of a bias add and ReLU), while
+    smaller ones stay serial, where starting the threads would cost more than they save;
+    ``True`` puts every loop on the threads at any batch, ``False`` compiles a serial step
+    (its products use OpenBLAS's own threads).
 
     ``check_finite`` (on by default) puts a check between the gradients and the updates: a
     step whose loss or any gradient is NaN/Inf raises ``FloatingPointError`` and changes

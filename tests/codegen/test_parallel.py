@@ -112,32 +112,45 @@ def test_reductions_add_every_row_once():
         np.testing.assert_allclose(value, loss_value, rtol=1e-12)
 
 
+TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
+
+
 @pytest.mark.parametrize("shape", [(70, 64, 66), (9, 300, 120), (1, 700, 400),
                                    (130, 1, 4000)])
-@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True),
-                                   (True, True)])
-def test_split_products_match_numpy(shape, ta, tb):
-    """``C = op(A)·op(B)`` and ``C += s·op(A)·op(B)`` in blocks of rows (m ≥ n) or of
-    columns (m < n), above SPLIT_MIN multiply-adds; GEMV shapes (m or n = 1) stay whole."""
+def test_split_products_match_numpy(shape):
+    """``C = op(A)·op(B)`` and ``C += s·op(A)·op(B)``, every transpose, in blocks of rows
+    (m ≥ n) or of columns (m < n) above SPLIT_MIN multiply-adds; GEMV shapes (m or n = 1)
+    stay whole."""
     if blas.choice() != "numpy-openblas64":
         pytest.skip("products are split only through NumPy's bundled OpenBLAS")
     m, n, k = shape
-    a_shape, b_shape = ((k, m) if ta else (m, k)), ((n, k) if tb else (k, n))
-    names = {"A": sp.MatrixSymbol("A", *a_shape), "B": sp.MatrixSymbol("B", *b_shape)}
-    ops = (MatMul("C", ("A", ta), ("B", tb), "C = A*B"),
-           MatMul("D", ("A", ta), ("B", tb), "D += 0.5*A*B", sp.Float(0.5)))
-    buffers = {**names, "C": sp.MatrixSymbol("C", m, n), "D": sp.MatrixSymbol("D", m, n)}
-    program = Program("products", ops, ("A", "B", "C", "D"), (), buffers)
+    ops, buffers, arguments = [], {}, []
+    for t, (ta, tb) in enumerate(TRANSPOSES):
+        a, b, c, d = f"A{t}", f"B{t}", f"C{t}", f"D{t}"
+        buffers.update({a: sp.MatrixSymbol(a, *((k, m) if ta else (m, k))),
+                        b: sp.MatrixSymbol(b, *((n, k) if tb else (k, n))),
+                        c: sp.MatrixSymbol(c, m, n), d: sp.MatrixSymbol(d, m, n)})
+        ops += [MatMul(c, (a, ta), (b, tb), f"{c} = {a}*{b}"),
+                MatMul(d, (a, ta), (b, tb), f"{d} += 0.5*{a}*{b}", sp.Float(0.5))]
+        arguments += [a, b, c, d]
+    program = Program("products", tuple(ops), tuple(arguments), (), buffers)
     module = load_module(render_module([program], N, parallel=True, min_work=0),
                          {"test": "split products"})
     rng = np.random.default_rng(m + n + k)
-    A, B = rng.standard_normal(a_shape), rng.standard_normal(b_shape)
-    C, D = np.full((m, n), np.nan), rng.standard_normal((m, n))
-    product = (A.T if ta else A) @ (B.T if tb else B)
-    expected_D = D + 0.5 * product
-    module.products(A, B, C, D)
-    np.testing.assert_allclose(C, product, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(D, expected_D, rtol=1e-12, atol=1e-12)
+    arrays, expected = [], []
+    for ta, tb in TRANSPOSES:
+        A = rng.standard_normal((k, m) if ta else (m, k))
+        B = rng.standard_normal((n, k) if tb else (k, n))
+        C, D = np.full((m, n), np.nan), rng.standard_normal((m, n))
+        product = (A.T if ta else A) @ (B.T if tb else B)
+        arrays += [A, B, C, D]
+        expected += [product, D + 0.5 * product]
+    module.products(*arrays)
+    for t in range(len(TRANSPOSES)):
+        np.testing.assert_allclose(arrays[4 * t + 2], expected[2 * t], rtol=1e-12,
+                                   atol=1e-12, err_msg=str(TRANSPOSES[t]))
+        np.testing.assert_allclose(arrays[4 * t + 3], expected[2 * t + 1], rtol=1e-12,
+                                   atol=1e-12, err_msg=str(TRANSPOSES[t]))
 
 
 def _trained(parallel, optimizer, steps=4, batch=300):

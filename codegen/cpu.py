@@ -178,20 +178,18 @@ def _gemm_wide(A, ta, B, tb, C, alpha, beta, threads):
 def _render_rowsum(op: RowSum, parallel: bool) -> list[str]:
     if parallel:
         # Each block of rows sums into its own partial row, then the partials are added in
-        # block order: no two threads write one entry, and every read walks memory in order.
+        # block order: no two threads write one entry, and every read walks memory in order
+        # (in `_column_sum`, a function of its own: inside the threaded loop's body the sum
+        # would not vectorise).
         src, out = op.src, op.out
         return [f"# {op.formula}  (row blocks sum into partial rows, then in order: no race)",
-                f"parts = np.zeros((max(1, min(_nthreads, {src}.shape[0])), "
+                f"parts = np.empty((max(1, min(_nthreads, {src}.shape[0])), "
                 f"{out}.shape[0]), {out}.dtype)",
                 f"rows = ({src}.shape[0] + parts.shape[0] - 1) // parts.shape[0]",
                 "for c in prange(parts.shape[0]):",
-                f"{INDENT}for i in range(c * rows, min(c * rows + rows, {src}.shape[0])):",
-                f"{INDENT * 2}for j in range({out}.shape[0]):",
-                f"{INDENT * 3}parts[c, j] += {src}[i, j]",
-                f"{out}[:] = 0.0",
-                "for c in range(parts.shape[0]):",
-                f"{INDENT}for j in range({out}.shape[0]):",
-                f"{INDENT * 2}{out}[j] += parts[c, j]"]
+                f"{INDENT}_column_sum({src}, c * rows, min(c * rows + rows, {src}.shape[0]), "
+                "parts[c])",
+                f"_column_sum(parts, 0, parts.shape[0], {out})"]
     # Serial: walk the rows in memory order, so the inner loop vectorises.
     return [f"# {op.formula}",
             f"{op.out}[:] = 0.0",
@@ -249,12 +247,15 @@ def _nonfinite(a):
 
 # What one entry of each kind of op costs, in halves of the cheapest loop's entry (a bias
 # add and ReLU, vectorised), as benchmarks/parallel_threshold.py measured them on 2 threads:
-# threads paid from 131,072 such entries, 32,768 of Adam's update (a division and a square
-# root), 2,048 of softmax rows (an exp per entry) and 262,144 of a bias gradient's column
-# sums: each the size where the serial op takes 6–12 µs, against about 2.5 µs to start and
-# join the threads.  `MIN_WORK` is the first in those units.
-ROW_COST = {"softmax": 128, "log_softmax": 128, "softmax_log_softmax": 128,
-            "log_softmax_vjp": 128, "softmax_vjp": 8}
+# threads paid from 131,072 such entries, 16,384 of Adam's update (a division and a square
+# root) and 1,024 of softmax rows (an exp per entry): each the size where the serial op
+# takes 5–12 µs, against about 2.5 µs to start and join the threads.  `MIN_WORK` is the
+# first in those units.  A bias gradient's column sums on threads (partial rows) lost at
+# every size there, up to 2× at 2²⁰ entries, so ``"auto"`` leaves them serial (cost 0);
+# ``parallel=True`` still threads them.
+ROW_COST = {"softmax": 256, "log_softmax": 256, "softmax_log_softmax": 256,
+            "log_softmax_vjp": 256, "softmax_vjp": 16}
+ROW_SUM_COST = 0
 CHEAP_FUNCTIONS = (sp.Max, sp.Min, sp.Heaviside, sp.Abs, sp.sign, sp.Piecewise)
 
 
@@ -273,8 +274,8 @@ def entry_cost(exprs) -> int:
 
 def work(op, buffers: dict) -> sp.Expr | None:
     """What ``op`` costs, in the batch symbol: entries times `entry_cost` (`ROW_COST` for
-    rows); what decides whether it is worth the threads (None: never a ``prange`` of its
-    own; a product is split in `_gemm_wide`)."""
+    rows, `ROW_SUM_COST` for column sums); what decides whether it is worth the threads
+    (None: never a ``prange`` of its own; a product is split in `_gemm_wide`)."""
     if isinstance(op, Loop):
         return sp.Mul(*op.space) * entry_cost(e for _, e in op.assigns)
     if isinstance(op, Reduce):
@@ -284,7 +285,7 @@ def work(op, buffers: dict) -> sp.Expr | None:
     if isinstance(op, OneHot):
         return sp.Mul(*buffers[op.out].shape) * 2
     if isinstance(op, RowSum):
-        return sp.Mul(*buffers[op.src].shape)
+        return sp.Mul(*buffers[op.src].shape) * ROW_SUM_COST
     return None
 
 
@@ -355,6 +356,16 @@ from numba import get_num_threads as _start_threads, types as _types
 _start_threads()  # starts Numba's threading layer, which binds the symbol get_num_threads
 _threads = _types.ExternalFunction("get_num_threads", _types.intp())
 MIN_WORK = {min_work}
+"""
+
+COLUMN_SUM = """
+
+@njit(cache=True)
+def _column_sum(src, start, stop, out):
+    out[:] = 0.0
+    for i in range(start, stop):
+        for j in range(out.shape[0]):
+            out[j] += src[i, j]
 """
 
 THREADS_CBLAS = """
@@ -470,7 +481,7 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
              HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')")]
     if parallel:
         parts += [THREADS.format(min_work=int(min_work)),
-                  THREADS_CBLAS if cblas else THREADS_NUMBA]
+                  THREADS_CBLAS if cblas else THREADS_NUMBA, COLUMN_SUM]
     products = [op for p in programs for op in p.ops if isinstance(op, MatMul)]
     if cblas and products:
         parts.append(CBLAS_GEMM.format(kind=kind))

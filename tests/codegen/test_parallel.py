@@ -202,8 +202,12 @@ def test_auto_keeps_small_work_serial():
     step = sn.compile(model, sn.CrossEntropyLoss(), opt)  # parallel="auto"
     assert step.threads_from == 1  # W1's update has 100,352 entries
     source = step.source(threaded=True)
-    # batch-sized loops: both versions, chosen by size at run time
-    assert "if _nthreads > 1 and 128*N >= MIN_WORK:" in source
+    # batch-sized loops: both versions, chosen by size at run time (Z1 + b1 and ReLU: 128
+    # entries a row, at cost 2 each)
+    assert "if _nthreads > 1 and 256*N >= MIN_WORK:" in source
+    # the bias gradients' column sums stay serial (measured slower on threads)
+    db1 = source[source.index("# db1 = dZ1*1"):source.index("# mW1 = ")]
+    assert "prange" not in db1 and "_column_sum" not in db1
     # W1's update (100,352 entries) on the threads when there are several; b2's (10) never
     w1 = source[source.index("# W1 = W1 - lr*mhatW1"):]
     assert w1.splitlines()[5].strip() == "if _nthreads > 1:", w1[:400]

@@ -289,10 +289,27 @@ def work(op, buffers: dict) -> sp.Expr | None:
     return None
 
 
-def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0) -> int | None:
-    """The smallest batch at which some op of ``program`` reaches ``min_work`` (`work`),
-    the first a threaded module can gain on (None: no batch up to 2³¹; sizes in other
-    symbols, as in an update for any parameter shape, are not counted).
+#: The fewest multiply-adds OpenBLAS runs on several threads (its GEMV threshold, 2304 × 4;
+#: GEMM's is 65,536 × 4).  A step with such a product takes the threaded kernel, where
+#: OpenBLAS has one thread: a serial kernel would wake OpenBLAS's own pool, whose workers
+#: then spin for a while and starve Numba's (a threaded step run just after one took 3.5 ms
+#: instead of 30 µs for its first 50 ms).
+BLAS_THREADS_MIN = 2304 * 4
+
+
+def product_size(op: MatMul, buffers: dict) -> sp.Expr:
+    """The multiply-adds of a product: rows × columns of ``out`` × the shared dimension."""
+    name, transposed = op.a
+    k = buffers[name].shape[0 if transposed else 1]
+    return sp.Mul(*buffers[op.out].shape) * k
+
+
+def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0,
+                 product_min: int = BLAS_THREADS_MIN) -> int | None:
+    """The smallest batch at which some op of ``program`` reaches ``min_work`` (`work`), or
+    a product ``product_min`` multiply-adds: the first a threaded module is for (None: no
+    batch up to 2³¹; sizes in other symbols, as in an update for any parameter shape, are
+    not counted).
 
     Example:
         >>> import sympy as sp
@@ -302,13 +319,16 @@ def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0) -> int |
         >>> threads_from(Program("f", (op,), ("a", "b"), ()), N, min_work=2560)
         10
     """
-    sizes = [e for e in (work(op, program.buffers) for op in program.ops)
-             if e is not None and e.free_symbols <= {batch}]  # sizes known but for the batch
+    sizes = [(e, min_work) for e in (work(op, program.buffers) for op in program.ops)
+             if e is not None]
+    sizes += [(product_size(op, program.buffers), product_min) for op in program.ops
+              if isinstance(op, MatMul)]
+    sizes = [(e, least) for e, least in sizes if e.free_symbols <= {batch}]
     if not sizes or min_work <= 0:
         return 1 if sizes else None
 
     def reached(n: int) -> bool:
-        return any(int(e.subs(batch, n)) >= min_work for e in sizes)
+        return any(int(e.subs(batch, n)) >= least for e, least in sizes)
 
     low, high = 1, 1 << 31
     if not reached(high):

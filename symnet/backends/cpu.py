@@ -27,10 +27,10 @@ class TrainStep(Step):
 
     Two kernels of one step: the serial one, and (``parallel`` "auto" or True, with more
     than one thread in Numba's pool) the threaded one, compiled the first time a batch
-    reaches the size where some loop can gain from threads (`codegen.cpu.threads_from`: for
-    784-128-10, batch 1 with Adam, whose update of W1 alone gains, and 205 with SGD) — a
-    step that never gets there never pays its compile time.  Both compute the same values
-    (reductions and split products to rounding).
+    reaches the size where some loop can gain from threads or a product is large enough
+    for OpenBLAS to thread it (`codegen.cpu.threads_from`: batch 1 for 784-128-10, 64 for
+    6-24-5) — a step that never gets there (a small model's) never pays its compile time.
+    Both compute the same values (reductions and split products to rounding).
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,

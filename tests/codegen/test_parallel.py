@@ -276,3 +276,18 @@ def test_a_parallel_step_loads_from_the_cache(tmp_path):
     for run in runs:
         assert run.returncode == 0, run.stderr[-2000:]
     assert [run.stdout.split()[-1] for run in runs] == ["0", "1"]
+
+
+def test_threaded_kernel_from_the_first_batch_openblas_would_thread():
+    """6-24-5: Z1 = X·W1ᵀ is 144·N multiply-adds, which OpenBLAS threads from 9,216 (its
+    GEMV threshold): from batch 64 the step takes the threaded kernel, below it the serial."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread in Numba's pool: no threaded kernel")
+    sn.manual_seed(0)
+    model = sn.Sequential(sn.Linear(6, 24), sn.ReLU(), sn.Linear(24, 5))
+    step = sn.compile(model, sn.CrossEntropyLoss(), sn.optim.SGD(model.parameters(), lr=0.1))
+    assert step.threads_from == 64
+    rng = np.random.default_rng(0)
+    for batch, threaded in ((63, False), (64, True), (1, False)):
+        step(rng.standard_normal((batch, 6)).astype(np.float32), rng.integers(0, 5, batch))
+        assert (step._cache[1] is not step.function) == threaded, batch

@@ -52,7 +52,7 @@ class Unit:
     accumulators: tuple[str, ...] = ()
     #: a model unit's graph (which symbol is which parameter, the output)
     graph: Graph | None = None
-    #: the smallest batch at which one of its loops reaches `codegen.cpu.MIN_WORK` entries
+    #: the smallest batch from which a threaded kernel is worth it (`codegen.cpu.threads_from`)
     threads_from: int | None = None
 
     def buffers(self, name: str, batch: int, provided: dict[str, np.ndarray]) -> list:
@@ -110,7 +110,7 @@ def step_program(derivation, loss: Loss, check_finite: bool = False,
 def compile_unit(programs: list[Program], dtype, parallel: bool | str, title: str) -> Unit:
     """``programs`` rendered into one module, compiled (or loaded from Numba's cache).
 
-    ``parallel``: ``"auto"`` runs the loops of at least `codegen.cpu.MIN_WORK` entries on
+    ``parallel``: ``"auto"`` runs the loops whose work reaches `codegen.cpu.MIN_WORK` on
     Numba's threads, ``True`` every loop, ``False`` none (`codegen.cpu.render_module`).
     """
     source = render_module(programs, N, parallel is not False, header=title,

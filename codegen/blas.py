@@ -63,6 +63,17 @@ def choice() -> str:
     return "scipy"
 
 
+def _load_symbols() -> None:
+    """Put NumPy's bundled OpenBLAS into LLVM's symbol table, so kernels compiled now or
+    loaded from Numba's cache resolve its symbols by name."""
+    from llvmlite import binding
+
+    path = numpy_openblas()
+    if path is None:
+        raise RuntimeError("NumPy's bundled OpenBLAS was not found; render with blas='scipy'")
+    binding.load_library_permanently(path)
+
+
 def load_gemm(kind: str):
     """Numba's handles on NumPy's bundled ``cblas_{kind}gemm`` and ``cblas_{kind}gemv``
     (``kind`` 's' or 'd').
@@ -70,13 +81,9 @@ def load_gemm(kind: str):
     Loads the library into LLVM's symbol table first, so kernels compiled now or loaded
     from Numba's cache resolve the symbols.
     """
-    from llvmlite import binding
     from numba import types
 
-    path = numpy_openblas()
-    if path is None:
-        raise RuntimeError("NumPy's bundled OpenBLAS was not found; render with blas='scipy'")
-    binding.load_library_permanently(path)
+    _load_symbols()
     real = types.float32 if kind == "s" else types.float64
     enum, size, pointer = types.intc, types.int64, types.voidptr
     gemm = types.ExternalFunction(SYMBOL.format(kind=kind, op="gemm"), types.void(
@@ -112,9 +119,8 @@ def set_threads(n: int) -> None:
 def load_threads():
     """Numba's handles on NumPy's bundled OpenBLAS thread count: ``(get, set)``, called by
     symbol name, as `load_gemm`'s products are."""
-    from llvmlite import binding
     from numba import types
 
-    binding.load_library_permanently(numpy_openblas())
+    _load_symbols()
     return (types.ExternalFunction(THREADS_SYMBOL.format(op="get"), types.intc()),
             types.ExternalFunction(THREADS_SYMBOL.format(op="set"), types.void(types.intc)))

@@ -136,9 +136,9 @@ def _gemm(A, ta, B, tb, C, alpha, beta):
 
 # A parallel module's products run on Numba's threads, each block of rows (or columns) of C
 # one single-threaded GEMM: two thread pools (OpenBLAS's and Numba's) spinning on the same
-# cores made a 2-thread step 30× slower; one pool splits the products as well as OpenBLAS's
-# own threads do (784-128-10 at batch 4096: 4.18 ms for the five products, against 4.51 ms
-# on OpenBLAS's threads).  Products under SPLIT_MIN multiply-adds, and GEMVs, stay whole.
+# cores made a 2-thread program 30× slower; one pool splits the products as well as
+# OpenBLAS's own threads do (4096×784·784×128 and four smaller products: 4.18 ms, against
+# 4.51 ms on OpenBLAS's threads).  Products under SPLIT_MIN multiply-adds, and GEMVs, stay whole.
 CBLAS_WIDE = '''
 SPLIT_MIN = 1 << 18
 
@@ -244,14 +244,14 @@ def _nonfinite(a):
 """
 
 
-# What one entry of each kind of op costs, in halves of the cheapest loop's entry (a bias
-# add and ReLU, vectorised), as benchmarks/parallel_threshold.py measured them on 2 threads:
-# threads paid from 131,072 such entries, 16,384 of Adam's update (a division and a square
-# root) and 1,024 of softmax rows (an exp per entry): each the size where the serial op
-# takes 5–12 µs, against about 2.5 µs to start and join the threads.  `MIN_WORK` is the
-# first in those units.  A bias gradient's column sums on threads (partial rows) lost at
-# every size there, up to 2× at 2²⁰ entries, so ``"auto"`` leaves them serial (cost 0);
-# ``parallel=True`` still threads them.
+# What one entry of each kind of op costs, in halves of the cheapest loop's entry (a
+# broadcast add and a max, vectorised), as benchmarks/parallel_threshold.py measured them on
+# 2 threads: threads paid from 65,536–131,072 such entries, 16,384 of a three-array update
+# with a division and a square root, and 1,024 of softmax rows (an exp per entry): each the
+# size where the serial op takes about 3–8 µs, against 1.4–2.5 µs to start and join the
+# threads.  `MIN_WORK` is the cautious first figure in those units.  Column sums (`RowSum`)
+# on threads (partial rows) lost at every size in two of three runs, by up to 2.3×, so
+# ``"auto"`` leaves them serial (cost 0); ``parallel=True`` still threads them.
 ROW_COST = {"softmax": 256, "log_softmax": 256, "softmax_log_softmax": 256,
             "log_softmax_vjp": 256, "softmax_vjp": 16}
 ROW_SUM_COST = 0
@@ -289,10 +289,10 @@ def work(op, buffers: dict) -> sp.Expr | None:
 
 
 #: The fewest multiply-adds OpenBLAS runs on several threads (its GEMV threshold, 2304 × 4;
-#: GEMM's is 65,536 × 4).  A step with such a product takes the threaded kernel, where
-#: OpenBLAS has one thread: a serial kernel would wake OpenBLAS's own pool, whose workers
-#: then spin for a while and starve Numba's (a threaded step run just after one took 3.5 ms
-#: instead of 30 µs for its first 50 ms).
+#: GEMM's is 65,536 × 4).  A program with such a product takes the threaded module, where
+#: OpenBLAS has one thread: a serial module would wake OpenBLAS's own pool, whose workers
+#: then spin for a while and starve Numba's (a threaded program run just after products on
+#: OpenBLAS's threads took 3.5 ms instead of 30 µs a call for about 50 ms).
 BLAS_THREADS_MIN = 2304 * 4
 
 
@@ -339,7 +339,7 @@ def threads_from(program: Program, batch: sp.Symbol, min_work: int = 0,
 
 
 def _guarded(lines_for, size: sp.Expr | None, min_work: int | None) -> list[str]:
-    """``op`` on the threads when its work reaches ``min_work`` and the step has more than
+    """``op`` on the threads when its work reaches ``min_work`` and the program has more than
     one thread, else serially; ``min_work`` None: always serial, 0: always on the threads.
 
     Both versions are printed, unless the work is a number below ``min_work``; the lines
@@ -361,7 +361,7 @@ def _guarded(lines_for, size: sp.Expr | None, min_work: int | None) -> list[str]
 
 
 #: The least `work` an op needs to run on several threads by default: 131,072 entries of a
-#: bias add and ReLU (measured: benchmarks/parallel_threshold.py).
+#: broadcast add and a max (measured: benchmarks/parallel_threshold.py).
 MIN_WORK = 2 * 131072
 
 # A parallel module's threads: Numba's thread count, read inside kernels through the C

@@ -114,7 +114,8 @@ def compile_unit(programs: list[Program], dtype, parallel: bool | str, title: st
     Numba's threads, ``True`` every loop, ``False`` none (`codegen.cpu.render_module`).
     """
     source = render_module(programs, N, parallel is not False, header=title,
-                           real=np.dtype(dtype).name, min_work=MIN_WORK * (parallel == "auto"))
+                           real=np.dtype(dtype).name,
+                           min_work=MIN_WORK if parallel == "auto" else 0)
     options = {"dtype": np.dtype(dtype).name, "parallel": parallel,
                "symnet": __version__}
     module = load_module(source, options)

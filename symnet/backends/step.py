@@ -110,9 +110,10 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool | st
 
     ``parallel`` (CPU): ``"auto"`` (the default) runs the step on every thread it is given
     (`symnet.backends.threads`): the matrix products, split into blocks, and each loop, row
-    operation, reduction and optimizer update whose work reaches a measured size
+    operation, loss sum and optimizer update whose work reaches a measured size
     (`codegen.cpu.MIN_WORK`: as much as 131,072 entries of a bias add and ReLU), while
-    smaller ones stay serial, where starting the threads would cost more than they save;
+    smaller ones, and the bias gradients' column sums, stay serial, where starting the
+    threads would cost more than they save;
     ``True`` puts every loop on the threads at any batch, ``False`` compiles a serial step
     (its products use OpenBLAS's own threads).
 

@@ -52,8 +52,8 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The threads a compiled step uses now: ``min(Numba's, OpenBLAS's)``."""
-    openblas = blas.get_threads()
-    return min(numba.get_num_threads(), openblas if openblas is not None else 1 << 30)
+    threads, openblas = numba.get_num_threads(), blas.get_threads()
+    return threads if openblas is None else min(threads, openblas)
 
 
 def check_parallel(parallel) -> None:

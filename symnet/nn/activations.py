@@ -17,8 +17,11 @@ import keyword
 
 import sympy as sp
 
+from codegen.expr import LogSoftmax as LogSoftmax_
+from codegen.expr import Softmax as Softmax_
 from codegen.printer import kernel_code
 from symnet.nn.module import Module
+from symnet.nn.value import Value, elementwise
 
 x = sp.Symbol("x", real=True)
 
@@ -99,9 +102,13 @@ class Activation(Module):
         self.var = x
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()" if type(self) is not Activation else (
-            f"Activation({self.name!r}, {self.expr})"
-        )
+        return f"{type(self).__name__}({self.extra_repr()})" if type(self) is not Activation \
+            else f"Activation({self.name!r}, {self.expr})"
+
+    def forward(self, x: Value) -> Value:
+        """``A{layer} = f(x)`` entry by entry."""
+        return elementwise(lambda v: self.expr.xreplace({self.var: v}), x, label=self.label,
+                           name=f"A{x.trace.layer}")
 
 
 def _builtin(name: str, label: str, expr: sp.Expr, doc: str):
@@ -118,6 +125,7 @@ Tanh = _builtin("Tanh", "tanh", sp.tanh(x), "Hyperbolic tangent.")
 SiLU = _builtin("SiLU", "SiLU", x * _sigmoid, "SiLU (swish): x·σ(x).")
 GELU = _builtin("GELU", "GELU", x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
                 "GELU, exact erf form (PyTorch's default).")
+GELU.extra_repr = lambda self: "approximate='none'"
 
 
 class LeakyReLU(Activation):
@@ -134,8 +142,8 @@ class LeakyReLU(Activation):
         slope = sp.nsimplify(self.negative_slope, rational=True)
         super().__init__("LeakyReLU", sp.Piecewise((x, x > 0), (slope * x, True)), x)
 
-    def __repr__(self) -> str:
-        return f"LeakyReLU(negative_slope={self.negative_slope})"
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
 
 
 class Softplus(Activation):
@@ -165,6 +173,12 @@ class Softmax(Module):
     name = "Softmax"
     label = "softmax"
 
+    def extra_repr(self) -> str:
+        return "dim=1"
+
+    def forward(self, x: Value) -> Value:
+        return Value(x.trace.emit(f"A{x.trace.layer}", Softmax_(x._plain())), x.trace)
+
 
 class LogSoftmax(Module):
     """Log-softmax over the features of each sample; pair it with NLLLoss.
@@ -177,3 +191,9 @@ class LogSoftmax(Module):
 
     name = "LogSoftmax"
     label = "log_softmax"
+
+    def extra_repr(self) -> str:
+        return "dim=1"
+
+    def forward(self, x: Value) -> Value:
+        return Value(x.trace.emit(f"A{x.trace.layer}", LogSoftmax_(x._plain())), x.trace)

@@ -21,9 +21,11 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
+import sympy as sp
 
 from symnet.nn.devices import backend, check_device, is_device
 from symnet.nn.parameter import Parameter, check_dtype
+from symnet.nn.value import Value
 
 _rng = np.random.default_rng()
 
@@ -42,15 +44,90 @@ def manual_seed(seed: int) -> None:
 
 
 class Module:
-    """Base class: parameters, children, train/eval mode, state dicts, dtype."""
+    """Base class: parameters, children, train/eval mode, state dicts, dtype.
+
+    As in PyTorch, a subclass assigns its parameters and submodules as attributes (they
+    register under those names) and composes them in ``forward``.  ``forward`` is run once
+    on symbolic values (`symnet.nn.value.Value`: ``@``, ``+ - * / **``, ``sn.relu``,
+    ``sn.elementwise``…) to record its equations; the model then runs on arrays through
+    compiled kernels.
+
+    Example:
+        >>> import symnet as sn
+        >>> class Residual(sn.Module):
+        ...     def __init__(self, d):
+        ...         super().__init__()
+        ...         self.fc = sn.Linear(d, d)
+        ...     def forward(self, x):
+        ...         return x + sn.tanh(self.fc(x))
+        >>> [name for name, _ in Residual(4).named_parameters()]
+        ['fc.weight', 'fc.bias']
+    """
 
     def __init__(self):
-        self._parameters: OrderedDict[str, Parameter] = OrderedDict()
-        self._modules: OrderedDict[str, Module] = OrderedDict()
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
         self.training = True
 
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, (Parameter, Module)) and "_modules" not in self.__dict__:
+            raise AttributeError(f"cannot assign {type(value).__name__} {name!r} before "
+                                 f"Module.__init__() call (call super().__init__() first)")
+        if isinstance(value, Parameter):
+            self.__dict__.pop(name, None)
+            self._modules.pop(name, None)
+            self.register_parameter(name, value)
+        elif isinstance(value, Module):
+            self.__dict__.pop(name, None)
+            self._parameters.pop(name, None)
+            self._modules[name] = value
+        else:
+            if "_modules" in self.__dict__:
+                if name in self._parameters and value is None:
+                    self._parameters.pop(name)
+                    return
+                self._parameters.pop(name, None)
+                self._modules.pop(name, None)
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str):
+        # Only called when ordinary lookup fails: registered parameters and submodules.
+        for table in ("_parameters", "_modules"):
+            found = self.__dict__.get(table, {})
+            if name in found:
+                return found[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        for table in ("_parameters", "_modules"):
+            if name in self.__dict__.get(table, {}):
+                del self.__dict__[table][name]
+                return
+        object.__delattr__(self, name)
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return self._tree(repr, ",\n")
+
+    def __str__(self) -> str:
+        """PyTorch's ``print(model)``: ``Linear(in_features=4, out_features=8, bias=True)``."""
+        return self._tree(str, "\n")
+
+    def _tree(self, show, separator: str) -> str:
+        kids = self.__dict__.get("_modules", {})
+        if not kids:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        inner = separator.join(f"  ({k}): " + show(m).replace("\n", "\n  ")
+                               for k, m in kids.items())
+        return f"{type(self).__name__}(\n{inner}\n)"
+
+    def extra_repr(self) -> str:
+        """The arguments shown inside ``Name(…)`` (PyTorch's hook for ``print(model)``)."""
+        return ""
+
+    def forward(self, x: Value) -> Value:
+        """What the module computes, written on symbolic values; subclasses define it."""
+        raise TypeError(f"{type(self).__name__} has no symbolic form ({x.trace.where()}): "
+                        "define forward(self, x) on symbolic values")
 
     # --- structure -----------------------------------------------------------------------
     def children(self) -> Iterator[Module]:
@@ -104,6 +181,29 @@ class Module:
     def parameters(self) -> list[Parameter]:
         """All parameters, in registration order (PyTorch's order)."""
         return [p for _, p in self.named_parameters()]
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` for this module and every submodule, each once, as PyTorch's.
+
+        Example:
+            >>> import symnet as sn
+            >>> [k for k, _ in sn.Sequential(sn.Linear(2, 2)).named_modules()]
+            ['', '0']
+        """
+        seen: set[int] = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop(0)
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            kids = module.__dict__.get("_modules", {}).items()
+            stack[:0] = [(f"{name}.{k}" if name else k, m) for k, m in kids]
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every submodule."""
+        return (m for _, m in self.named_modules())
 
     def named_layers(self, prefix: str = "") -> list[tuple[str, Module]]:
         """The leaf modules in the order data flows through them, with their state-dict
@@ -294,12 +394,16 @@ float64): convert the whole model with model.to(np.float32) or model.to(np.float
         """
         return self.to("cpu")
 
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        """The model's output for a batch-major (N, features) array, as a host numpy array.
+    def __call__(self, inputs):
+        """The model's output for a batch-major (N, features) array, as a host numpy array;
+        on a symbolic value (inside a traced ``forward``), ``forward``'s symbolic result.
 
         A cuda model runs the forward kernels on the GPU (`symnet.backends.cuda.forward`): only the
         batch goes in and the output comes back.
         """
+        if isinstance(inputs, Value):
+            with inputs.trace.inside(self):
+                return self.forward(inputs)
         return backend(self.device).forward(self, inputs)
 
 
@@ -337,9 +441,32 @@ class Linear(Module):
     def bias(self) -> Parameter | None:
         return self._parameters.get("bias")
 
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
     def __repr__(self) -> str:
         extra = "" if self.bias is not None else ", bias=False"
         return f"Linear({self.in_features}, {self.out_features}{extra})"
+
+    def __str__(self) -> str:
+        return f"Linear({self.extra_repr()})"
+
+    def forward(self, x: Value) -> Value:
+        """``Z{l} = W{l}·X + b{l}·1ᵀ``, numbered as the seed numbers layers."""
+        t = x.trace
+        rows = x.shape[0]
+        if rows != self.in_features:
+            raise ValueError(f"{self!r} ({t.where()}) receives {rows} features from the "
+                             f"layer before it, expected {self.in_features}")
+        t.layer += 1
+        l = t.layer  # noqa: E741 - the seed's layer index
+        W = t.parameter(self.weight, f"W{l}")
+        rhs = sp.MatMul(W, x._plain(), evaluate=False)
+        if self.bias is not None:
+            b = t.parameter(self.bias, f"b{l}")
+            rhs = sp.MatAdd(rhs, sp.MatMul(b, sp.OneMatrix(1, x.shape[1])), evaluate=False)
+        return Value(t.emit(f"Z{l}", rhs), t)
 
 
 class Sequential(Module):
@@ -364,6 +491,23 @@ class Sequential(Module):
     def __len__(self) -> int:
         return len(self._modules)
 
-    def __repr__(self) -> str:
-        inner = ",\n".join(f"  ({k}): {m!r}" for k, m in self._modules.items())
-        return f"Sequential(\n{inner}\n)"
+    def forward(self, x: Value) -> Value:
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+
+class Identity(Module):
+    """Returns its input unchanged (PyTorch's ``nn.Identity``).
+
+    Example:
+        >>> import symnet as sn
+        >>> sn.Identity()
+        Identity()
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x: Value) -> Value:
+        return x

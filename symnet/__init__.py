@@ -23,6 +23,22 @@ from symnet.io import load, save
 from symnet.nn import (
     GELU,
     Activation,
+    Identity,
+    Value,
+    elementwise,
+    exp,
+    gelu,
+    leaky_relu,
+    log,
+    log_softmax,
+    mean,
+    relu,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+    sqrt,
+    tanh,
     BCELoss,
     BCEWithLogitsLoss,
     CrossEntropyLoss,
@@ -43,6 +59,7 @@ from symnet.nn import (
     Tanh,
     manual_seed,
 )
+from symnet.nn import sum  # noqa: A004 - torch.sum's name, as sn.sum
 from symnet.symbolic import Derivation, derive
 from symnet.version import __version__
 
@@ -52,4 +69,6 @@ __all__ = [
     "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainStep",
     "__version__", "compile", "cuda", "derive", "get_num_threads", "load", "load_model",
     "manual_seed", "optim", "save", "set_num_threads",
+    "Identity", "Value", "elementwise", "exp", "gelu", "leaky_relu", "log", "log_softmax",
+    "mean", "relu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sum", "tanh",
 ]

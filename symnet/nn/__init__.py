@@ -29,11 +29,31 @@ from symnet.nn.losses import (
     MSELoss,
     NLLLoss,
 )
-from symnet.nn.module import Linear, Module, Sequential, manual_seed
+from symnet.nn.functional import (
+    elementwise,
+    exp,
+    gelu,
+    leaky_relu,
+    log,
+    log_softmax,
+    mean,
+    relu,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+    sqrt,
+    tanh,
+)
+from symnet.nn.functional import sum  # noqa: A004 - torch.sum's name, as sn.sum
+from symnet.nn.module import Identity, Linear, Module, Sequential, manual_seed
 from symnet.nn.parameter import Parameter
+from symnet.nn.value import Value
 
 __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "GELU", "LeakyReLU",
     "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter", "ReLU",
     "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "manual_seed",
+    "Identity", "Value", "elementwise", "exp", "gelu", "leaky_relu", "log", "log_softmax",
+    "mean", "relu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sum", "tanh",
 ]

@@ -219,6 +219,8 @@ def derivative(f: sp.Expr, x: sp.Symbol) -> tuple[sp.Expr, bool]:
 
 @_rule.register
 def _(rhs: Elementwise, lhs, G):
+    if len(rhs.operands) > 1:
+        return _several_operands(rhs, G)
     (operand,) = rhs.operands
     (v,) = rhs.body.variables
     fprime, uses_output = derivative(rhs.body.expr, v)
@@ -227,6 +229,41 @@ def _(rhs: Elementwise, lhs, G):
     var = sp.Symbol("_a", real=True) if uses_output else v
     body = sp.Lambda((g, var), g * fprime)
     return {operand: Elementwise(body, G, source)}
+
+
+def _several_operands(rhs: Elementwise, G) -> dict:
+    """``∂f/∂xₖ`` from ``sympy.diff`` for each operand; a broadcast operand's contribution
+    is summed back to its own shape: over the samples for ``b·1ᵀ``, over the features for
+    ``1·r``."""
+    g = sp.Symbol("_g", real=True)
+    body = rhs.body.expr
+    found: dict = {}
+    for operand, v in zip(rhs.operands, rhs.body.variables):
+        partial = simplest(sp.diff(body, v))
+        if partial == 0:
+            continue
+        if partial == 1:
+            contribution = G
+        else:
+            used = [(o, w) for o, w in zip(rhs.operands, rhs.body.variables)
+                    if w in partial.free_symbols]
+            contribution = Elementwise(sp.Lambda((g, *(w for _, w in used)), g * partial), G,
+                                       *(o for o, _ in used))
+        target, contribution = _unbroadcast(operand, contribution)
+        found[target] = contribution if target not in found else \
+            sp.MatAdd(found[target], contribution, evaluate=False)
+    return found
+
+
+def _unbroadcast(operand: sp.MatrixExpr, contribution: sp.MatrixExpr):
+    """``(symbol, its share)`` of an operand that may be a broadcast ``b·1ᵀ`` or ``1·r``."""
+    if isinstance(operand, sp.MatMul) and len(operand.args) == 2:
+        first, second = operand.args
+        if isinstance(second, sp.OneMatrix):  # b·1ᵀ: the column sums the samples
+            return first, sp.MatMul(contribution, second.T, evaluate=False)
+        if isinstance(first, sp.OneMatrix):  # 1·r: the row sums the features
+            return second, sp.MatMul(first.T, contribution, evaluate=False)
+    return operand, contribution
 
 
 # --- column operations: softmax and log-softmax ------------------------------------------

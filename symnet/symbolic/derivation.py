@@ -80,6 +80,30 @@ class Derivation:
         """A ``flowchart TD`` of the forward and backward pass, like the seed's diagram."""
         return diagram.mermaid(self)
 
+    # --- Jupyter -------------------------------------------------------------------------
+    def _repr_latex_(self) -> str:
+        """The equations as display math, which Jupyter renders with MathJax.
+
+        Example:
+            >>> import symnet as sn
+            >>> tex = sn.derive(sn.Sequential(sn.Linear(3, 2)), sn.MSELoss())._repr_latex_()
+            >>> tex.startswith(r"$$\\begin{aligned}") and tex.endswith(r"\\end{aligned}$$")
+            True
+        """
+        return f"$${self.latex()}$$"
+
+    def _repr_markdown_(self) -> str:
+        """The equations as display math, then the diagram in a ``mermaid`` block (rendered by
+        JupyterLab 4.1+, GitHub and most Markdown viewers).
+
+        Example:
+            >>> import symnet as sn
+            >>> md = sn.derive(sn.Sequential(sn.Linear(3, 2)), sn.MSELoss())._repr_markdown_()
+            >>> md.splitlines()[-1], "```mermaid" in md.splitlines()
+            ('```', True)
+        """
+        return f"{self._repr_latex_()}\n\n```mermaid\n{self.mermaid().rstrip()}\n```"
+
     # --- checking ------------------------------------------------------------------------
     def verify(self, **options):
         """Prove every backward equation equal to ``sympy.diff`` of the scalar loss.

@@ -19,7 +19,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from codegen.expr import Elementwise, LogSoftmaxVJP, SoftmaxVJP, Total
+from codegen.expr import LATEX_ESCAPES, Elementwise, LogSoftmaxVJP, SoftmaxVJP, Total, visible
 
 NAMES = {"Yhat": "Ŷ", "lr": "η", "beta1": "β₁", "beta2": "β₂", "eps": "ε",
          "weight_decay": "λ", "momentum": "μ", "dampening": "τ"}
@@ -28,11 +28,6 @@ LATEX_NAMES = {"Yhat": r"\hat{Y}", "lr": r"\eta", "beta1": r"\beta_1", "beta2": 
                "dampening": r"\tau", "L": r"\mathcal{L}"}
 SUPERSCRIPTS = str.maketrans("0123456789-t", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻ᵗ")
 PREFIXED = re.compile(r"^(mhat|vhat|d|m|v|g|n)([A-Z]\w*|b\d+)$")
-# Math-mode LaTeX for the characters TeX reads as markup, so that a label prints as itself:
-# ``\input{f}`` in one is the text \input{f}, not a command.
-LATEX_ESCAPES = str.maketrans({"\\": r"\backslash{}", "{": r"\{", "}": r"\}", "$": r"\$",
-                               "&": r"\&", "#": r"\#", "%": r"\%", "_": r"\_", "^": r"\hat{}",
-                               "~": r"\sim{}", " ": r"\ "})
 
 
 def display_name(name: str, table: dict[str, str]) -> str:
@@ -44,13 +39,6 @@ def display_name(name: str, table: dict[str, str]) -> str:
         prefix, rest = match.groups()
         return {"mhat": "m̂", "vhat": "v̂"}.get(prefix, prefix) + display_name(rest, table)
     return name
-
-
-def _visible(label: str) -> str:
-    """``label`` with control characters written as escapes: ``"a\\nb"`` → ``a\\nb``, so free
-    text cannot break a line of printed output."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
-                   for c in label)
 
 
 class _Hadamard:
@@ -157,7 +145,7 @@ class TextPrinter(_Hadamard, StrPrinter):
     def _print_Elementwise(self, expr):
         names = [self._print(op) for op in expr.operands]
         if expr.label and len(names) == 1:
-            return f"{_visible(expr.label)}({names[0]})"
+            return f"{visible(expr.label)}({names[0]})"
         return _print_body(self, expr, names)
 
     def _print_Softmax(self, expr):
@@ -263,7 +251,7 @@ class LaTeXPrinter(_Hadamard, LatexPrinter):
     def _print_Elementwise(self, expr):
         names = [self._print(op) for op in expr.operands]
         if expr.label and len(names) == 1:
-            escaped = _visible(expr.label).translate(LATEX_ESCAPES)
+            escaped = visible(expr.label).translate(LATEX_ESCAPES)
             label = {"σ": r"\sigma"}.get(expr.label, rf"\operatorname{{{escaped}}}")
             return rf"{label}\left({names[0]}\right)"
         return _print_body(self, expr, names)

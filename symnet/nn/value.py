@@ -233,8 +233,9 @@ def _combine(a: Value, other, sign: int) -> Value:
         c = _number(other, "adding")
         return elementwise(lambda x: x + sign * c, a)
     _, (x, y) = broadcast([a, b])
-    return a._new("H", sp.MatAdd(x, y if sign > 0 else sp.MatMul(-1, y, evaluate=False),
-                                 evaluate=False))
+    if sign < 0:
+        y = sp.MatMul(-1, *(y.args if isinstance(y, sp.MatMul) else (y,)), evaluate=False)
+    return a._new("H", sp.MatAdd(x, y, evaluate=False))
 
 
 def elementwise(fn, *operands, label: str = "", name: str | None = None) -> Value:

@@ -109,8 +109,14 @@ class TextPrinter(_Hadamard, StrPrinter):
         parts = []
         for a in expr.args:
             s = self._print(a)
-            parts.append(f"({s})" if isinstance(a, sp.MatAdd) else s)
-        return "·".join(parts)
+            if a == -1 and not parts:
+                parts.append("-")
+                continue
+            wrap = isinstance(a, (sp.MatAdd, Elementwise)) and " " in s or \
+                (a.is_Rational and not a.is_Integer)
+            parts.append(f"({s})" if wrap else s)
+        head = "-" if parts[:1] == ["-"] else ""
+        return head + "·".join(parts[1:] if head else parts)
 
     def _print_MatAdd(self, expr):
         return " + ".join(self._print(a) for a in expr.args).replace("+ -", "- ")
@@ -143,7 +149,7 @@ class TextPrinter(_Hadamard, StrPrinter):
         return f"where({self._print(cond)}, {self._print(a)}, {self._print(b)})"
 
     def _print_Elementwise(self, expr):
-        names = [self._print(op) for op in expr.operands]
+        names = [self._print(broadcast_base(op)) for op in expr.operands]
         if expr.label and len(names) == 1:
             return f"{visible(expr.label)}({names[0]})"
         return _print_body(self, expr, names)
@@ -167,6 +173,18 @@ class TextPrinter(_Hadamard, StrPrinter):
         if isinstance(inner, Elementwise):
             return f"Σ {_print_body(self, inner, [self._print(o) for o in inner.operands])}"
         return f"Σ {self._print(inner)}"
+
+
+def broadcast_base(operand: sp.MatrixExpr) -> sp.MatrixExpr:
+    """An entry-wise operand as the textbook writes it: ``b`` for the broadcast ``b·1ᵀ``
+    and ``r`` for ``1·r`` (the shapes say how it repeats)."""
+    if isinstance(operand, sp.MatMul) and len(operand.args) == 2:
+        first, second = operand.args
+        if isinstance(second, sp.OneMatrix):
+            return first
+        if isinstance(first, sp.OneMatrix):
+            return second
+    return operand
 
 
 def _print_body(printer, expr: Elementwise, names: list[str]) -> str:
@@ -249,7 +267,7 @@ class LaTeXPrinter(_Hadamard, LatexPrinter):
         return super()._print_Pow(expr)
 
     def _print_Elementwise(self, expr):
-        names = [self._print(op) for op in expr.operands]
+        names = [self._print(broadcast_base(op)) for op in expr.operands]
         if expr.label and len(names) == 1:
             escaped = visible(expr.label).translate(LATEX_ESCAPES)
             label = {"σ": r"\sigma"}.get(expr.label, rf"\operatorname{{{escaped}}}")

@@ -237,16 +237,16 @@ def _several_operands(rhs: Elementwise, G) -> dict:
     ``1·r``."""
     g = sp.Symbol("_g", real=True)
     body = rhs.body.expr
+    pairs = list(zip(rhs.operands, rhs.body.variables))
     found: dict = {}
-    for operand, v in zip(rhs.operands, rhs.body.variables):
-        partial = simplest(sp.diff(body, v))
+    for operand in dict.fromkeys(rhs.operands):  # an operand used twice (x ⊙ x): one sum
+        partial = simplest(sum(sp.diff(body, v) for o, v in pairs if o == operand))
         if partial == 0:
             continue
         if partial == 1:
             contribution = G
         else:
-            used = [(o, w) for o, w in zip(rhs.operands, rhs.body.variables)
-                    if w in partial.free_symbols]
+            used = [(o, w) for o, w in pairs if w in partial.free_symbols]
             contribution = Elementwise(sp.Lambda((g, *(w for _, w in used)), g * partial), G,
                                        *(o for o, _ in used))
         target, contribution = _unbroadcast(operand, contribution)

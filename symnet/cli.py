@@ -3,6 +3,7 @@
 Example:
     $ symnet equations --layers 784,128,10 --activation relu --loss cross-entropy
     $ symnet verify --layers 4,3,2 --activation tanh --loss mse
+    $ symnet train --dataset digits --model net.py:model --save ck.safetensors
 """
 
 from __future__ import annotations
@@ -10,10 +11,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 import symnet as sn
 from symnet.app import plot
-from symnet.app.architecture import ACTIVATIONS, LOSSES, Architecture, parse_layers
-from symnet.app.show import kernel_source
+from symnet.app.architecture import (
+    ACTIVATIONS,
+    LOSSES,
+    Architecture,
+    loss_function,
+    parse_layers,
+)
+from symnet.app.model_file import load
+from symnet.app.show import step_source
 from symnet.app.train import TrainConfig, check_writable, evaluate_checkpoint, train
 from symnet.backends.mpi import is_root
 from symnet.optim import BY_NAME
@@ -26,15 +36,18 @@ EXAMPLES = {
         "symnet equations --layers 784,128,10 --activation relu --loss cross-entropy",
         "symnet equations --layers 4,8,3 --activation sigmoid --optimizer adam --format latex",
         "symnet equations --layers 784,128,10 --format mermaid   # the seed's diagram",
+        "symnet equations --model net.py:model --loss mse   # your own network (see --model)",
     ],
     "verify": [
         "symnet verify --layers 4,3,2 --activation tanh --loss mse",
         "symnet verify --layers 4,3,2 --activation sigmoid --numeric   # + central differences",
+        "symnet verify --model net.py:Net --loss cross-entropy --numeric",
     ],
     "train": [
         "symnet train --dataset digits --layers 64,64,10 --activation relu --optimizer adam \\\n"
         "      --epochs 30 --save ck.safetensors",
         "symnet train --dataset mnist5k --layers 784,128,10 --batch-size 64 --epochs 30",
+        "symnet train --dataset digits --model net.py:make_model --save ck.safetensors",
         "symnet train --csv data.csv --target label --layers 4,16,3",
         "symnet train --csv houses.csv --target price --layers 8,32,1 --task regression",
         "symnet train --layers 64,64,10 --save ck.safetensors --checkpoint-every 100",
@@ -51,6 +64,7 @@ EXAMPLES = {
     "kernels": [
         "symnet kernels --layers 784,128,10 --activation relu --optimizer adam",
         "symnet kernels --layers 784,128,10 --loss cross-entropy --optimizer sgd --device cuda",
+        "symnet kernels --model net.py:model --loss mse --optimizer sgd --dtype float64",
     ],
 }
 
@@ -66,9 +80,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"symnet: error: {message}\n")
 
 
+#: ``--model``'s help (symnet.app.model_file loads the file)
+MODEL_HELP = ("the network from your own Python file instead of --layers and --activation: "
+              "NAME is an sn.Module there, an sn.Module subclass (built with no arguments) or "
+              "a function of no arguments returning one")
+
+
+def _network_arguments(p: argparse.ArgumentParser, widths: str, model_help: str = "") -> None:
+    """``--layers`` and ``--activation``, or ``--model``: one of the two is required."""
+    network = p.add_mutually_exclusive_group(required=True)
+    network.add_argument("--layers", help=f"widths, input first: {widths}")
+    network.add_argument("--model", metavar="FILE.py:NAME", help=MODEL_HELP + model_help)
+    p.add_argument("--activation", help=f"one of {', '.join(ACTIVATIONS)} (default relu; "
+                   f"with --layers)")
+
+
 def _architecture_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", required=True, help="widths, input first: 784,128,10")
-    p.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATIONS)}")
+    _network_arguments(p, "784,128,10", "; --loss nll or bce adds no LogSoftmax or Sigmoid to "
+                       "it, as it does to --layers")
     p.add_argument("--loss", default="cross-entropy", help=f"one of {', '.join(LOSSES)}")
     p.add_argument("--reduction", default="mean", choices=("mean", "sum"))
 
@@ -94,15 +123,16 @@ def parser() -> argparse.ArgumentParser:
     _architecture_arguments(ver)
     ver.add_argument("--numeric", action="store_true", help="also run central differences")
     tr = _command(commands, "train", "train an MLP with the compiled fused step")
-    tr.add_argument("--layers", required=True, help="widths, input first: 64,64,10")
-    tr.add_argument("--activation", default="relu", help=f"one of {', '.join(ACTIVATIONS)}")
+    _network_arguments(tr, "64,64,10", "; the checkpoint records the file and its SHA-256, "
+                       "and evaluate and --resume run it again")
     tr.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     tr.add_argument("--lr", type=float, help="learning rate (default " + ", ".join(
         f"{lr:g} for {name}" for name, (_, lr) in BY_NAME.items()) + ")")
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--batch-size", type=int, default=32)
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    tr.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                    help="of the parameters (a --model network is converted to it)")
     _data_arguments(tr)
     tr.add_argument("--task", choices=("classification", "regression"),
                     help="what the CSV target is (default: guessed, and the guess printed)")
@@ -123,7 +153,8 @@ def parser() -> argparse.ArgumentParser:
     _architecture_arguments(ker)
     ker.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     ker.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ker.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ker.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                     help="of the parameters (a --model network is converted to it)")
     return top
 
 
@@ -135,13 +166,29 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
                    "checkpoint's by default)")
 
 
+def _activation(args) -> str:
+    if args.model and args.activation:
+        raise ValueError(f"--activation shapes a --layers network; --model {args.model} has "
+                         f"its own activations")
+    return args.activation or "relu"
+
+
+def _network(args, dtype: str = "float32") -> tuple[sn.Module, sn.Loss]:
+    """The network of ``--layers``/``--activation`` or ``--model``, and ``--loss``."""
+    activation = _activation(args)
+    if args.model is None:
+        arch = Architecture(parse_layers(args.layers), activation, args.loss, dtype)
+        return arch.model(), arch.loss_function(args.reduction)
+    loss = loss_function(args.loss, args.reduction)  # a bad --loss before the file runs
+    return load(args.model).module.to(np.dtype(dtype).type), loss
+
+
 def _derivation(args):
-    arch = Architecture(parse_layers(args.layers), args.activation, args.loss)
-    model = arch.model()
+    model, loss = _network(args)
     optimizer = None
     if getattr(args, "optimizer", None):
         optimizer = sn.optim.make(args.optimizer, model.parameters())
-    return sn.derive(model, arch.loss_function(args.reduction), optimizer)
+    return sn.derive(model, loss, optimizer)
 
 
 def _equations(args) -> int:
@@ -166,10 +213,11 @@ def _train(args) -> int:
     if args.plot:  # before training: neither may cost a whole run
         plot.require()
         check_writable(args.plot, "--plot", in_place=True)
-    config = TrainConfig(parse_layers(args.layers), args.activation, args.optimizer, args.lr,
+    layers = () if args.model else parse_layers(args.layers)
+    config = TrainConfig(layers, _activation(args), args.optimizer, args.lr,
                          args.epochs, args.batch_size, args.seed, args.dataset, args.csv,
                          args.target, args.dtype, args.device, args.max_steps,
-                         distributed=args.distributed, task=args.task)
+                         distributed=args.distributed, task=args.task, model=args.model)
     result = train(config, save=args.save, checkpoint_every=args.checkpoint_every,
                    resume=args.resume)
     if args.distributed:
@@ -179,7 +227,7 @@ def _train(args) -> int:
         print(f"saved {args.save}")
     if args.plot:
         plot.plot_curves(result.history, args.plot,
-                    "test accuracy" if result.architecture.loss != "mse" else "test −MSE")
+                    "test accuracy" if result.blueprint.loss != "mse" else "test −MSE")
         print(f"plotted {args.plot}")
     return 0
 
@@ -191,8 +239,8 @@ def _evaluate(args) -> int:
 
 
 def _kernels(args) -> int:
-    arch = Architecture(parse_layers(args.layers), args.activation, args.loss, args.dtype)
-    source = kernel_source(arch, args.optimizer, args.device, args.reduction)
+    model, loss = _network(args, args.dtype)
+    source = step_source(model, loss, args.optimizer, args.device)
     print(source, end="" if source.endswith("\n") else "\n")
     return 0
 

@@ -1,5 +1,6 @@
-"""The training application behind ``symnet train``: architectures by name, data sets, the
-training loop, run checkpoints (resume), plots, and the kernel listing of ``symnet kernels``.
+"""The training application behind ``symnet train``: architectures by name, networks from
+a user's file (``--model``), data sets, the training loop, run checkpoints (resume), plots,
+and the kernel listing of ``symnet kernels``.
 
 Example:
     >>> from symnet.app.architecture import Architecture

@@ -54,10 +54,17 @@ class Architecture:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; "
                              f"choose from {', '.join(ACTIVATIONS)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
+        _check_loss(self.loss)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+    @property
+    def inputs(self) -> int:
+        return self.layers[0]
+
+    @property
+    def outputs(self) -> int:
+        return self.layers[-1]
 
     def model(self) -> Module:
         """A freshly initialised `Sequential` with this shape."""
@@ -88,7 +95,7 @@ class Architecture:
         return shapes
 
     def loss_function(self, reduction: str = "mean") -> losses.Loss:
-        return LOSSES[self.loss][0](reduction=reduction)
+        return loss_function(self.loss, reduction)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "layers": list(self.layers)}
@@ -100,6 +107,22 @@ class Architecture:
         if unknown:
             raise ValueError(f"unknown architecture fields {sorted(unknown)}")
         return cls(**{**data, "layers": tuple(data.get("layers", ()))})
+
+
+def loss_function(name: str, reduction: str = "mean") -> losses.Loss:
+    """The loss called ``name`` in `LOSSES` (a ``--model`` network ends as its file says).
+
+    Example:
+        >>> loss_function("mse", "sum")
+        MSELoss(reduction='sum')
+    """
+    _check_loss(name)
+    return LOSSES[name][0](reduction=reduction)
+
+
+def _check_loss(name: str) -> None:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
 
 
 def parse_layers(text: str) -> tuple[int, ...]:

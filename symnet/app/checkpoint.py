@@ -2,10 +2,11 @@
 
 `save_checkpoint` writes what `symnet.app.train.train` needs to continue a killed run and end
 bit-identical to an uninterrupted one: model and optimizer state (with its step count),
-the architecture, feature scaling, feature columns and class labels (so ``evaluate``
-rebuilds the model from the file alone), the settings a resume must share (`RESUME_FIELDS`)
-and the run's `Progress`.  `restore` loads it back, refusing a checkpoint made with other
-settings; `load_model` gives the trained network with its scaling (`TrainedModel`).
+the architecture (or, for ``--model FILE.py:NAME``, the file and its SHA-256), feature
+scaling, feature columns and class labels (so ``evaluate`` rebuilds the model from the
+checkpoint alone, or from it and the model file), the settings a resume must share
+(`RESUME_FIELDS`) and the run's `Progress`.  `restore` loads it back, refusing a checkpoint
+made with other settings; `load_model` gives the trained network with its scaling (`TrainedModel`).
 
 Nothing in a checkpoint is used before it is checked: the metadata against
 `symnet.app.schema`; the tensors' names, shapes, dtypes and values against the architecture the
@@ -29,20 +30,26 @@ import numpy as np
 import symnet as sn
 from symnet.app.architecture import Architecture
 from symnet.app.data import scale
-from symnet.app.run import Progress, TrainConfig, TrainResult
+from symnet.app.model_file import ModelFile, ModelFileError
+from symnet.app.run import Blueprint, Progress, TrainConfig, TrainResult
 from symnet.app.schema import RunConfig, TrainingMeta, describe, parse, task_of
 
 #: What a resumed run must share with its checkpoint; ``epochs`` may grow, the device change.
 RESUME_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
+#: the metadata field each kind of blueprint is written to (`TrainingMeta`)
+_FIELD = {Architecture: "architecture", ModelFile: "model_file"}
+
+
 def _metadata(result: TrainResult, config: TrainConfig) -> dict:
-    return {"architecture": result.architecture.to_dict(), "scaling": result.scaling,
+    blueprint = result.blueprint
+    return {"architecture": None, "scaling": result.scaling,
             "dataset": config.dataset if config.csv is None else None, "csv": config.csv,
             "target": config.target, "seed": config.seed, "accuracy": result.accuracy,
             "config": {k: getattr(config, k) for k in RESUME_FIELDS},
-            "task": task_of(result.architecture.loss), "features": result.features,
-            "labels": result.labels}
+            "task": task_of(blueprint.loss), "features": result.features,
+            "labels": result.labels, _FIELD[type(blueprint)]: blueprint.to_dict()}
 
 
 def save_checkpoint(result: TrainResult, config: TrainConfig, path: str,
@@ -134,17 +141,23 @@ class TrainedModel:
     meta: TrainingMeta
 
     @property
-    def architecture(self) -> Architecture:
+    def architecture(self) -> Architecture | None:
+        """The ``--layers`` network's shape; None for a ``--model`` file's (see `blueprint`)."""
         return self.meta.architecture
+
+    @property
+    def blueprint(self) -> Blueprint:
+        """What built ``network``: its `Architecture`, or the `ModelFile` it was loaded from."""
+        return self.meta.blueprint
 
     def scale(self, X) -> np.ndarray:
         """``X`` (raw features, ``(n, features)``) standardized as the training split was."""
         X = np.asarray(X)
-        width = self.architecture.layers[0]
+        width = self.blueprint.inputs
         if X.ndim != 2 or X.shape[1] != width:
             raise ValueError(f"the model expects {width} features per row, got an array of "
                              f"shape {X.shape}")
-        return scale(X, self.meta.scaling, self.architecture.dtype)
+        return scale(X, self.meta.scaling, self.blueprint.dtype)
 
     def __call__(self, X) -> np.ndarray:
         return self.network(self.scale(X))
@@ -162,12 +175,18 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
     """The model a ``symnet train`` checkpoint holds, with its scaling: see `TrainedModel`.
 
     The tensors are checked against the declared architecture (names, shapes, dtype, finite)
-    before the model is allocated; problems raise ``ValueError`` naming the file.
+    before the model is allocated; problems raise ``ValueError`` naming the file.  A network
+    trained with ``--model FILE.py:NAME`` is built by running that file again, which must be
+    where it was and hash as it did (else a ``ValueError`` names both files).
     """
     bundle, meta = read(path)
-    arch = meta.architecture
-    check_tensors(bundle["model"], arch.parameter_shapes(), arch.dtype, f"{path}: the model")
-    network = arch.model()
+    blueprint = meta.blueprint
+    check_tensors(bundle["model"], blueprint.parameter_shapes(), blueprint.dtype,
+                  f"{path}: the model")
+    try:
+        network = blueprint.model()
+    except ModelFileError as error:
+        raise ValueError(f"{path}: {error}") from None
     network.load_state_dict(bundle["model"])
     return TrainedModel(network.eval(), meta)
 
@@ -176,14 +195,15 @@ def _flags(config: dict) -> dict[str, str]:
     return {k: ",".join(map(str, v)) if k == "layers" else str(v) for k, v in config.items()}
 
 
-def restore(path: str, config: TrainConfig, arch: Architecture, model: sn.Module,
+def restore(path: str, config: TrainConfig, blueprint: Blueprint, model: sn.Module,
             optimizer: sn.optim.Optimizer, per_epoch: int) -> Progress:
     """Load a checkpoint written by `train` into ``model``/``optimizer``; returns its Progress.
 
-    A checkpoint from a run with other settings (`RESUME_FIELDS`, the task) is refused, naming
-    them; so is one whose optimizer state is not what this run's optimizer would have written
-    (another type or hyperparameters, a step count that does not match the progress through
-    epochs of ``per_epoch`` steps, missing, misshapen or non-finite state).
+    A checkpoint from a run with other settings (`RESUME_FIELDS`, the task, a ``--model``
+    file that has changed since) is refused, naming them; so is one whose optimizer state is
+    not what this run's optimizer would have written (another type or hyperparameters, a step
+    count that does not match the progress through epochs of ``per_epoch`` steps, missing,
+    misshapen or non-finite state).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
@@ -195,6 +215,7 @@ def restore(path: str, config: TrainConfig, arch: Architecture, model: sn.Module
         raise ValueError(not_resumable) from None
     if meta.progress is None or meta.config is None:
         raise ValueError(not_resumable)
+    _check_network(path, meta, config, blueprint)
     saved = _flags(dataclasses.asdict(meta.config))
     wanted = _flags({k: getattr(config, k) for k in RESUME_FIELDS})
     differ = [k for k in RESUME_FIELDS if saved[k] != wanted[k]]
@@ -203,20 +224,47 @@ def restore(path: str, config: TrainConfig, arch: Architecture, model: sn.Module
                            for k in differ)
         raise ValueError(f"--resume: {path} was trained with other settings ({change}); "
                          f"use the same ones or a new --save path")
-    if meta.architecture != arch:
+    if task_of(meta.blueprint.loss) != task_of(blueprint.loss):
         raise ValueError(f"--resume: {path} was trained for {meta.task}, this run is "
-                         f"{task_of(arch.loss)} (--task); use the same task or a new --save path")
-    check_tensors(bundle["model"], arch.parameter_shapes(), arch.dtype, f"{path}: the model")
+                         f"{task_of(blueprint.loss)} (--task); use the same task or a new "
+                         f"--save path")
+    if meta.blueprint != blueprint:
+        differ = [f.name for f in dataclasses.fields(blueprint) if f.compare
+                  and getattr(meta.blueprint, f.name) != getattr(blueprint, f.name)]
+        raise ValueError(f"--resume: {path} holds another network than this run builds "
+                         f"(its {', '.join(differ)} differ); use a new --save path")
+    check_tensors(bundle["model"], blueprint.parameter_shapes(), blueprint.dtype,
+                  f"{path}: the model")
     progress = meta.progress
     if progress.batch > per_epoch:
         raise ValueError(f"{path}: damaged checkpoint metadata: meta.progress.batch "
                          f"{progress.batch} is past the epoch's {per_epoch} batches")
-    _check_optimizer(bundle.get("optimizer"), optimizer, arch.dtype,
+    _check_optimizer(bundle.get("optimizer"), optimizer, blueprint.dtype,
                      (progress.epoch - 1) * per_epoch + progress.batch, path)
     model.load_state_dict(bundle["model"])
     optimizer.load_state_dict(bundle["optimizer"])
     return Progress(progress.epoch, progress.batch, progress.rng.to_numpy(), progress.loss_sum,
                     [tuple(row) for row in progress.history])
+
+
+def _check_network(path: str, meta: TrainingMeta, config: TrainConfig,
+                   blueprint: Blueprint) -> None:
+    """The same kind of network (``--layers`` or ``--model``), and the same model file."""
+    if (meta.config.model is None) != (config.model is None):
+        raise ValueError(f"--resume: {path} was trained with {_network_flag(meta.config)}, "
+                         f"this run has {_network_flag(config)}; use the same or a new --save "
+                         f"path")
+    then, now = meta.model_file, blueprint
+    if then is not None and then.sha256 != now.sha256:
+        raise ValueError(f"--resume: {path} was trained with {then.path} as it was then (sha256 "
+                         f"{then.sha256[:12]}…); {now.path} has changed since (sha256 "
+                         f"{now.sha256[:12]}… now); restore it or use a new --save path")
+
+
+def _network_flag(config: RunConfig | TrainConfig) -> str:
+    if config.model:
+        return f"--model {config.model}"
+    return f"--layers {','.join(map(str, config.layers))}"
 
 
 def _check_optimizer(saved, optimizer: sn.optim.Optimizer, dtype: str, step: int,

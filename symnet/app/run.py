@@ -12,8 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from symnet.app.architecture import Architecture
+from symnet.app.model_file import ModelFile
 from symnet.nn.module import Module
 from symnet.optim import Optimizer
+
+#: what builds a run's network: widths and an activation (``--layers``), or a user's file
+#: (``--model``); both give ``model()``, ``loss``, ``dtype``, ``inputs`` and ``outputs``
+Blueprint = Architecture | ModelFile
 
 
 @dataclass
@@ -34,9 +39,13 @@ class Progress:
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on (``device`` and ``max_steps`` only say where and how far)."""
+    """Everything a run depends on (``device`` and ``max_steps`` only say where and how far).
 
-    layers: tuple[int, ...]
+    The network is ``layers`` and ``activation``, or ``model``, a ``FILE.py:NAME`` string
+    (see `symnet.app.model_file`); ``layers`` is then empty.
+    """
+
+    layers: tuple[int, ...] = ()
     activation: str = "relu"
     optimizer: str = "adam"
     lr: float | None = None
@@ -51,6 +60,7 @@ class TrainConfig:
     max_steps: int | None = None
     distributed: bool = False  # data-parallel over MPI ranks (symnet.backends.mpi)
     task: str | None = None  # a CSV file's: "classification", "regression"; None: guess
+    model: str | None = None  # FILE.py:NAME instead of layers and activation
 
 
 @dataclass
@@ -61,7 +71,7 @@ class TrainResult:
 
     model: Module
     optimizer: Optimizer
-    architecture: Architecture
+    blueprint: Blueprint
     accuracy: float
     history: list[tuple[int, float, float]] = field(default_factory=list)
     scaling: dict = field(default_factory=dict)

@@ -1,11 +1,11 @@
 """What a training checkpoint's metadata may hold, checked field by field before any is used.
 
-``symnet train`` writes JSON beside the tensors: the architecture, the feature scaling, the
-feature columns and class labels, the run's settings and where it stands.  A file comes from
-outside, so `parse` reads that JSON into the frozen dataclasses below: each field's type comes
-from its annotation, its range and allowed values from ``__post_init__``.  The error names the
-field (``meta.scaling.std[3]``) and the problem, so nothing later meets a list where it
-expected an object, a seed of 0.5 or a missing key.
+``symnet train`` writes JSON beside the tensors: the architecture (or the ``--model`` file it
+ran), the feature scaling, the feature columns and class labels, the run's settings and where
+it stands.  A file comes from outside, so `parse` reads that JSON into the frozen dataclasses
+below: each field's type comes from its annotation, its range and allowed values from
+``__post_init__``.  The error names the field (``meta.scaling.std[3]``) and the problem, so
+nothing later meets a list where it expected an object, a seed of 0.5 or a missing key.
 
 Example:
     >>> parse(Scaling, {"mean": [0.5, 1], "std": [2, 1]}, "meta.scaling")
@@ -27,6 +27,7 @@ from typing import Literal
 
 from symnet.app.architecture import ACTIVATIONS, Architecture
 from symnet.app.data import DATASETS
+from symnet.app.model_file import ModelFile, split
 from symnet.optim import BY_NAME
 
 __all__ = ["RunConfig", "Scaling", "TrainingMeta", "describe", "parse", "task_of"]
@@ -163,7 +164,10 @@ class Scaling:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The settings a resumed run must share with its checkpoint (see `symnet.app.checkpoint`)."""
+    """The settings a resumed run must share with its checkpoint (see `symnet.app.checkpoint`).
+
+    ``model`` (``FILE.py:NAME``, absent before it existed) replaces ``layers``, then empty.
+    """
 
     layers: tuple[int, ...]
     activation: str
@@ -175,9 +179,14 @@ class RunConfig:
     csv: str | None
     target: str | None
     dtype: Literal["float32", "float64"]
+    model: str | None = None
 
     def __post_init__(self) -> None:
-        if len(self.layers) < 2 or min(self.layers) < 1:
+        if self.model is not None:
+            split(self.model)
+            if self.layers:
+                raise ValueError(f"layers must be empty with a model file, got {self.layers}")
+        elif len(self.layers) < 2 or min(self.layers) < 1:
             raise ValueError(f"layers must be two or more positive widths, got {self.layers}")
         _one_of("activation", self.activation, ACTIVATIONS)
         _one_of("optimizer", self.optimizer, BY_NAME)
@@ -244,12 +253,14 @@ def task_of(loss: str) -> str:
 class TrainingMeta:
     """The ``meta`` part of a ``symnet train`` checkpoint.
 
-    ``features`` (the CSV's feature columns, in the model's input order) and ``labels`` (the
-    class values, in class-index order) are None for the bundled data sets and in checkpoints
-    written before they were recorded; ``task`` is then the architecture's loss's.
+    The network is an ``architecture`` or, for ``--model FILE.py:NAME``, a ``model_file``
+    (then ``architecture`` is null); `blueprint` is whichever it is.  ``features`` (the CSV's
+    feature columns, in the model's input order) and ``labels`` (the class values, in
+    class-index order) are None for the bundled data sets and in checkpoints written before
+    they were recorded; ``task`` is then the architecture's loss's.
     """
 
-    architecture: Architecture
+    architecture: Architecture | None
     scaling: Scaling
     dataset: str | None
     csv: str | None
@@ -261,9 +272,19 @@ class TrainingMeta:
     task: Literal["classification", "regression"] | None = None
     features: tuple[str, ...] | None = None
     labels: tuple[int | float, ...] | None = None
+    model_file: ModelFile | None = None
+
+    @property
+    def blueprint(self) -> Architecture | ModelFile:
+        """What builds the network: the `Architecture` or the `ModelFile`."""
+        return self.architecture or self.model_file
 
     def __post_init__(self) -> None:
         _at_least("seed", self.seed, 0)
+        if (self.architecture is None) == (self.model_file is None):
+            raise ValueError("exactly one of architecture and model_file must be set")
+        if self.config is not None and (self.config.model is None) != (self.model_file is None):
+            raise ValueError("config.model must be set exactly when model_file is")
         if (self.dataset is None) == (self.csv is None):
             raise ValueError("exactly one of dataset and csv must be set, got "
                              f"dataset={self.dataset!r}, csv={self.csv!r}")
@@ -271,14 +292,14 @@ class TrainingMeta:
             _one_of("dataset", self.dataset, DATASETS)
         if (self.target is None) != (self.csv is None):
             raise ValueError("target must be set exactly when csv is")
-        inputs, outputs = self.architecture.layers[0], self.architecture.layers[-1]
+        inputs, outputs = self.blueprint.inputs, self.blueprint.outputs
         if len(self.scaling.mean) != inputs:
             raise ValueError(f"scaling has {len(self.scaling.mean)} features, the architecture "
                              f"{inputs} inputs")
-        task = task_of(self.architecture.loss)
+        task = task_of(self.blueprint.loss)
         if self.task is not None and self.task != task:
             raise ValueError(f"task {self.task!r} does not fit the loss "
-                             f"{self.architecture.loss!r}")
+                             f"{self.blueprint.loss!r}")
         object.__setattr__(self, "task", task)
         if self.features is not None:
             self._check_names("features", self.features, inputs)

@@ -50,10 +50,21 @@ def kernel_source(arch: Architecture, optimizer: str = "adam", device: str = "cp
         >>> "@cuda.jit(cache=True)" in src, "# dZ2 = (-Y + Yhat)/N" in src
         (True, True)
     """
+    return step_source(arch.model(), arch.loss_function(reduction), optimizer, device)
+
+
+def step_source(model: sn.Module, loss: sn.Loss, optimizer: str = "adam",
+                device: str = "cpu") -> str:
+    """`kernel_source` for any ``model`` (``symnet kernels --model``), in its own dtype.
+
+    Example:
+        >>> import symnet as sn
+        >>> model = sn.Sequential(sn.Linear(4, 3), sn.Tanh(), sn.Linear(3, 2))
+        >>> "# dZ1 = dA1*(1 - A1**2)" in step_source(model, sn.MSELoss(), "sgd")
+        True
+    """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    model = arch.model()
-    loss = arch.loss_function(reduction)
     # The learning rate is passed to the compiled step per call; any value gives this source.
     opt = sn.optim.make(optimizer, model.parameters(), lr=1e-3)
     return DEVICES[device](model, loss, opt)

@@ -1,9 +1,12 @@
 """Training and evaluation on bundled or CSV data: what ``symnet train`` / ``evaluate`` run.
 
 A fixed seed fixes everything: initial weights, the 80/20 split, the batch order.  The
-checkpoint carries the architecture, the feature scaling and, for a CSV file, the feature
-columns and class labels in its metadata, so ``evaluate`` rebuilds the model from the file
-alone and reads another CSV file by column name.  It also carries the run's `Progress`
+network is ``--layers`` widths and an activation, or a user's ``--model FILE.py:NAME`` (see
+`symnet.app.model_file`; the file runs after the seed is set).  The checkpoint carries the
+architecture (or the model file's path and SHA-256), the feature scaling and, for a CSV
+file, the feature columns and class labels in its metadata, so ``evaluate`` rebuilds the
+model from the checkpoint alone (or it and the model file) and reads another CSV file by
+column name.  It also carries the run's `Progress`
 (epoch, batch, the batch-order generator's state), so ``resume=True`` continues a killed
 run and ends bit-identical to one that was never interrupted.
 
@@ -36,7 +39,8 @@ from symnet.app.data import (
     scaling_of,
     train_test_split,
 )
-from symnet.app.run import Progress, TrainConfig, TrainResult
+from symnet.app.model_file import ModelFile, load
+from symnet.app.run import Blueprint, Progress, TrainConfig, TrainResult
 from symnet.backends.mpi import is_root, training_step
 
 
@@ -99,11 +103,11 @@ def _score(out: np.ndarray, data: Dataset) -> float:
     return -float(((out.reshape(data.y.shape) - data.y) ** 2).mean())
 
 
-def _on_host(model: sn.Module, arch: Architecture) -> sn.Module:
+def _on_host(model: sn.Module, blueprint: Blueprint) -> sn.Module:
     """``model`` itself on the CPU; else a CPU copy, so scoring is one host forward pass."""
     if getattr(model, "device", "cpu") == "cpu":
         return model
-    host = arch.model()
+    host = blueprint.model()
     host.load_state_dict(model.state_dict())  # state_dict() is always host arrays
     return host
 
@@ -118,8 +122,28 @@ def _architecture(config: TrainConfig, data: Dataset) -> Architecture:
     return Architecture(layers, config.activation, loss, config.dtype)
 
 
+def _network(config: TrainConfig, data: Dataset) -> tuple[sn.Module, Blueprint]:
+    """A fresh network for ``data`` (parameters drawn now) and what built it."""
+    if config.model is None:
+        arch = _architecture(config, data)
+        return arch.model(), arch
+    loaded = load(config.model)
+    model = loaded.module.to(np.dtype(config.dtype).type)
+    record = ModelFile.record(config.model, loaded, "cross-entropy" if data.classes else "mse",
+                              config.dtype)  # its widths: read off the traced network
+    wanted = data.classes or 1
+    if (record.inputs, record.outputs) != (data.X.shape[1], wanted):
+        raise ValueError(f"--model {config.model} does not fit {data.name}: it takes "
+                         f"{record.inputs} features and gives {record.outputs} outputs; "
+                         f"{data.name} has {data.X.shape[1]} features and {wanted} outputs")
+    return model, record
+
+
 def _check(config: TrainConfig, save: str | None, checkpoint_every: int | None,
            resume: bool) -> None:
+    if (not config.layers) == (config.model is None):
+        raise ValueError("give the network as layers (--layers) or as a model file (--model), "
+                         "one of the two")
     if config.optimizer not in sn.optim.BY_NAME:
         raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from "
                          f"{', '.join(sn.optim.BY_NAME)}")
@@ -216,21 +240,21 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
         other = "regression" if data.classes else "classification"
         log(f"task: {task}, guessed: {data.guess} (--task {other} to override)")
     train_set, test_set = train_test_split(data, 0.2, config.seed)
-    arch = _architecture(config, data)
     n, size = len(train_set), config.batch_size
     per_epoch = math.ceil(n / size)
     sn.manual_seed(config.seed)
-    model = arch.model()
+    model, blueprint = _network(config, data)
     optimizer = sn.optim.make(config.optimizer, model.parameters(), config.lr)
     rng = np.random.default_rng(config.seed)
     state = Progress(rng=rng.bit_generator.state)
     if resume:
-        state = restore(save, config, arch, model, optimizer, per_epoch)
-    step = _compile(model, arch.loss_function(), optimizer, config.device, config.distributed)
+        state = restore(save, config, blueprint, model, optimizer, per_epoch)
+    step = _compile(model, blueprint.loss_function(), optimizer, config.device,
+                    config.distributed)
     scaling = scaling_of(train_set)
     X = scale(train_set.X, scaling)
     y = train_set.y if data.classes else train_set.y.reshape(len(train_set), -1)
-    result = TrainResult(model, optimizer, arch, 0.0, state.history, scaling, progress=state,
+    result = TrainResult(model, optimizer, blueprint, 0.0, state.history, scaling, progress=state,
                          features=data.features, labels=data.labels)
     metric = "test accuracy" if data.classes else "test −MSE"
 
@@ -270,13 +294,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
             break
         _sync(step)
         mean_loss = state.loss_sum / n
-        result.accuracy = accuracy(_on_host(model, arch), test_set, scaling)
+        result.accuracy = accuracy(_on_host(model, blueprint), test_set, scaling)
         state.history.append((state.epoch, mean_loss, result.accuracy))
         log(f"epoch {state.epoch:3d}  loss {mean_loss:.4f}  {metric} {result.accuracy:.4f}")
         state.epoch, state.batch, state.loss_sum = state.epoch + 1, 0, 0.0
         state.rng = rng.bit_generator.state
     _sync(step)
-    result.accuracy = accuracy(_on_host(model, arch), test_set, scaling)
+    result.accuracy = accuracy(_on_host(model, blueprint), test_set, scaling)
     if save and root:
         save_checkpoint(result, config, save, state)
     return result
@@ -301,12 +325,12 @@ def evaluate_checkpoint(path: str, dataset: str = "digits", csv: str | None = No
     predate that record read the columns in file order, with the width checked.
     """
     trained = load_model(path)
-    meta, arch = trained.meta, trained.architecture
-    data = load_data(dataset, csv, target or meta.target, np.dtype(arch.dtype).type,
+    meta, blueprint = trained.meta, trained.blueprint
+    data = load_data(dataset, csv, target or meta.target, np.dtype(blueprint.dtype).type,
                      meta.task, meta.features, meta.labels)
-    outputs = arch.layers[-1]
-    if data.X.shape[1] != arch.layers[0]:
-        raise ValueError(f"{path} expects {arch.layers[0]} features; {data.name} has "
+    outputs = blueprint.outputs
+    if data.X.shape[1] != blueprint.inputs:
+        raise ValueError(f"{path} expects {blueprint.inputs} features; {data.name} has "
                          f"{data.X.shape[1]}")
     if (data.classes > 0) != (meta.task == "classification") or data.classes > outputs:
         kind = f"{data.classes} classes" if data.classes else "a regression target"

@@ -18,7 +18,17 @@ import keyword
 import sympy as sp
 
 from codegen.blas import choice
-from codegen.ir import CheckFinite, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+from codegen.ir import (
+    CheckFinite,
+    Loop,
+    MatMul,
+    OneHot,
+    Program,
+    Reduce,
+    RowOp,
+    RowReduce,
+    RowSum,
+)
 from codegen.printer import HELPERS, kernel_code
 from codegen.schedule import plan_loop
 from codegen.source import (
@@ -215,6 +225,15 @@ def _render_reduce(op: Reduce, parallel: bool) -> list[str]:
     return lines
 
 
+def _render_rowreduce(op: RowReduce, parallel: bool) -> list[str]:
+    return [f"# {op.formula}",
+            f"for i in {_range(op.space[0], parallel)}:",
+            f"{INDENT}row = 0.0",
+            f"{INDENT}for j in range({kernel_code(op.space[1])}):",
+            f"{INDENT * 2}row += {kernel_code(op.expr)}",
+            f"{INDENT}{op.out}[i, 0] = {kernel_code(op.scale)} * row"]
+
+
 def _render_onehot(op: OneHot, parallel: bool) -> list[str]:
     return [f"# {op.out} = one_hot({op.indices})",
             f"for i in {_range(op.out + '.shape[0]', parallel)}:",
@@ -277,7 +296,7 @@ def work(op, buffers: dict) -> sp.Expr | None:
     (None: never a ``prange`` of its own; a product is split in `_gemm_wide`)."""
     if isinstance(op, Loop):
         return sp.Mul(*op.space) * entry_cost(e for _, e in op.assigns)
-    if isinstance(op, Reduce):
+    if isinstance(op, (Reduce, RowReduce)):
         return sp.Mul(*op.space) * entry_cost([op.expr])
     if isinstance(op, RowOp):
         return sp.Mul(*buffers[op.out].shape) * ROW_COST[op.kind]
@@ -429,7 +448,7 @@ PARALLEL = ("{'prange': True, 'comprehension': False, 'reduction': False, "
 
 RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
              RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot,
-             CheckFinite: _render_check_finite}
+             CheckFinite: _render_check_finite, RowReduce: _render_rowreduce}
 
 
 def _identifiers(program: Program) -> None:

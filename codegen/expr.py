@@ -181,6 +181,24 @@ class Elementwise(_Printed, sp.MatrixExpr):
         return self.body(*map(stand_in, self.operands, self.body.variables))
 
 
+def broadcast_base(operand: sp.MatrixExpr) -> sp.MatrixExpr:
+    """The matrix a broadcast operand repeats: ``b`` for ``b·1ᵀ`` (a column along every
+    column) and ``r`` for ``1·r`` (a row down every row); any other operand itself.
+
+    Example:
+        >>> b = sp.MatrixSymbol("b", 3, 1)
+        >>> broadcast_base(b * sp.OneMatrix(1, 4))
+        b
+    """
+    if isinstance(operand, sp.MatMul) and len(operand.args) == 2:
+        first, second = operand.args
+        if isinstance(second, sp.OneMatrix) and not isinstance(first, sp.OneMatrix):
+            return first
+        if isinstance(first, sp.OneMatrix) and not isinstance(second, sp.OneMatrix):
+            return second
+    return operand
+
+
 class _ColumnOp(_Printed, sp.MatrixExpr):
     """An operation on each column (sample) of its operands, keeping the shape.
 

@@ -127,6 +127,31 @@ class RowSum(Op):
 
 
 @dataclass(frozen=True)
+class RowReduce(Op):
+    """``out[i, 0] = scale · Σ_j expr[i, j]``: each stored row's total of an entry-wise
+    expression (``1ᵀ·M`` sums the features of each sample; a statistic such as a mean or
+    a variance is one pass over the row, the entries never stored)."""
+
+    out: str
+    space: tuple[sp.Expr, sp.Expr]
+    expr: sp.Expr
+    scale: sp.Expr
+    formula: str = ""
+
+    @property
+    def reads(self) -> frozenset[str]:
+        return _arrays((self.expr,))
+
+    @property
+    def writes(self) -> frozenset[str]:
+        return frozenset((self.out,))
+
+    @property
+    def expressions(self) -> tuple[sp.Expr, ...]:
+        return (self.expr, self.scale)
+
+
+@dataclass(frozen=True)
 class RowOp(Op):
     """An operation on each stored row as a whole: softmax, log-softmax and their VJPs.
 

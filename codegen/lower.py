@@ -22,7 +22,15 @@ from functools import singledispatch
 import sympy as sp
 
 from codegen import layout
-from codegen.expr import Elementwise, LogSoftmax, LogSoftmaxVJP, Softmax, SoftmaxVJP, Total
+from codegen.expr import (
+    Elementwise,
+    LogSoftmax,
+    LogSoftmaxVJP,
+    Softmax,
+    SoftmaxVJP,
+    Total,
+    broadcast_base,
+)
 from codegen.fusion import fuse_gemm_updates, fuse_loops
 from codegen.ir import (
     Buffer,
@@ -35,6 +43,7 @@ from codegen.ir import (
     Program,
     Reduce,
     RowOp,
+    RowReduce,
     RowSum,
 )
 
@@ -83,14 +92,42 @@ class _Context:
             self.buffers[m.name] = Buffer(m.name, shape)
         return m.name
 
-    def ref(self, m: sp.MatrixSymbol, space: tuple) -> sp.Indexed:
-        """``m`` at the loop's current entry: [i, j], [i] or, for a column broadcast along
-        the stored rows, [j]."""
-        shape = self.buffers[self.buffer(m)].shape
-        base = sp.IndexedBase(m.name)
-        if len(shape) == len(space):
-            return base[I, J] if len(space) == 2 else base[I]
-        return base[J]
+    def at(self, m: sp.MatrixExpr, result: sp.MatrixSymbol) -> sp.Indexed:
+        """``m`` at the entry of ``result`` a loop over ``result``'s storage stands at: the
+        same entry, or, along a dimension where ``m`` has size 1 (a column ``b`` of
+        ``b·1ᵀ``, a row ``r`` of ``1·r``), its only one."""
+        m = broadcast_base(m)
+        base = sp.IndexedBase(self.buffer(m))
+        stored = self.buffers[m.name].shape
+        if layout.batch_major(result, self.batch):
+            row, col = J, I
+        elif len(self.storage(result)) == 1:
+            row, col = I, sp.Integer(0)
+        else:
+            row, col = I, J
+        rows, cols = result.shape
+        if m.shape[0] not in (rows, 1) or m.shape[1] not in (cols, 1):
+            raise TypeError(f"codegen: {m.name} {m.shape} does not broadcast to {result.shape}")
+        row = row if m.shape[0] == rows else sp.Integer(0)
+        col = col if m.shape[1] == cols else sp.Integer(0)
+        if layout.batch_major(m, self.batch):
+            return base[col, row]
+        return base[row] if len(stored) == 1 else base[row, col]
+
+    def storage(self, m: sp.MatrixSymbol) -> tuple:
+        if m.name in self.buffers:
+            return self.buffers[m.name].shape
+        return (m.shape[0], 1) if m.name in self.column_matrices else \
+            layout.storage_shape(m, self.batch)
+
+    def named(self, expr: sp.MatrixExpr, name: str) -> sp.MatrixSymbol:
+        """``expr`` as a named matrix: itself, or a new buffer ``name`` it is lowered into."""
+        expr = broadcast_base(expr)
+        if isinstance(expr, sp.MatrixSymbol):
+            return expr
+        temporary = sp.MatrixSymbol(name, *expr.shape)
+        _lower(expr, temporary, self)
+        return temporary
 
     def log_softmax_of(self, name: str) -> str:
         """The name of a log-softmax buffer for softmax output ``name`` (added once)."""
@@ -110,21 +147,22 @@ def _formula(eq: sp.Eq) -> str:
     """``dZ1 = dA1*A1*(1 - A1)``: the equation with operands named, for a comment."""
     rhs = eq.rhs
     if isinstance(rhs, Elementwise):
-        rhs = rhs.body(*(sp.Symbol(m.name) for m in rhs.operands))
+        rhs = rhs.body(*(sp.Symbol(broadcast_base(m).name) for m in rhs.operands))
     elif isinstance(rhs, sp.Expr) and rhs.has(Total):
         (total,) = rhs.atoms(Total)
-        body = total.matrix.body(*(sp.Symbol(m.name) for m in total.matrix.operands))
+        body = total.matrix.body(*(sp.Symbol(broadcast_base(m).name)
+                                   for m in total.matrix.operands))
         rhs = rhs.xreplace({total: sp.Function("sum")(body)})
     return f"{eq.lhs} = {rhs}"
 
 
-def _elementwise(ctx: _Context, expr: Elementwise, space: tuple) -> sp.Expr:
-    refs = [ctx.ref(m, space) for m in expr.operands]
+def _elementwise(ctx: _Context, expr: Elementwise, result: sp.MatrixSymbol) -> sp.Expr:
+    refs = [ctx.at(m, result) for m in expr.operands]
     value = expr.body(*refs)
     # log(softmax) → log-softmax: finite where the softmax underflows to 0.
     for m, r in zip(expr.operands, refs):
-        if m.name in ctx.softmax_input and value.has(sp.log(r)):
-            log_ref = sp.IndexedBase(ctx.log_softmax_of(m.name))[r.indices]
+        if broadcast_base(m).name in ctx.softmax_input and value.has(sp.log(r)):
+            log_ref = sp.IndexedBase(ctx.log_softmax_of(broadcast_base(m).name))[r.indices]
             value = value.xreplace({sp.log(r): log_ref})
     return value
 
@@ -134,18 +172,80 @@ def _lower(rhs, lhs, ctx: _Context) -> None:
     raise TypeError(f"codegen cannot lower {type(rhs).__name__}: {lhs} = {rhs}")
 
 
+def _coefficient(rhs: sp.MatMul) -> tuple[sp.Expr, list[sp.MatrixExpr]]:
+    scalars = [a for a in rhs.args if not getattr(a, "is_Matrix", False)]
+    return sp.Mul(*scalars), [a for a in rhs.args if getattr(a, "is_Matrix", False)]
+
+
+def _ones(m, rows: int | None = None, cols: int | None = None) -> bool:
+    return isinstance(m, sp.OneMatrix) and (rows is None or m.shape[0] == rows) and \
+        (cols is None or m.shape[1] == cols)
+
+
 @_lower.register
 def _(rhs: sp.MatMul, lhs, ctx):
-    factors = rhs.args
-    if len(factors) == 2 and isinstance(factors[1], sp.OneMatrix):
-        ctx.ops.append(RowSum(ctx.buffer(lhs), ctx.buffer(factors[0]), f"{lhs} = {rhs}"))
+    scale, factors = _coefficient(rhs)
+    space = ctx.buffers[ctx.buffer(lhs)].shape
+    if len(factors) == 2 and _ones(factors[1], cols=1):  # M·1: each row's total
+        src = ctx.named(factors[0], f"{lhs.name}_terms")
+        ctx.ops.append(RowSum(ctx.buffer(lhs), ctx.buffer(src), f"{lhs} = {rhs}"))
+        if scale != 1:
+            ctx.ops.append(Loop(space, ((lhs.name, scale * ctx.at(lhs, lhs)),),
+                                formulas=(f"{lhs} *= {scale}",)))
+        return
+    if len(factors) == 2 and _ones(factors[0], rows=1):  # 1ᵀ·M: each column's total
+        _column_totals(scale, factors[1], lhs, ctx)
+        return
+    if len(factors) == 1 or any(isinstance(f, sp.OneMatrix) for f in factors):
+        # c·M, or a broadcast (1·r, b·1ᵀ) on its own: entry by entry
+        unscaled = factors[0] if len(factors) == 1 else sp.MatMul(*factors)
+        ctx.ops.append(Loop(space, ((lhs.name, scale * _entry(ctx, unscaled, lhs)),),
+                            formulas=(f"{lhs} = {rhs}",)))
         return
     if len(factors) != 2:
         raise TypeError(f"codegen lowers products of two matrices, got {lhs} = {rhs}")
+    factors = [f if isinstance(f, sp.Transpose) else ctx.named(f, f"{lhs.name}_factor{k}")
+               for k, f in enumerate(factors)]
     for f in factors:
         ctx.buffer(f.arg if isinstance(f, sp.Transpose) else f)
     a, b = layout.product(lhs, factors[0], factors[1], ctx.batch)
-    ctx.ops.append(MatMul(ctx.buffer(lhs), a, b, f"{lhs} = {rhs}"))
+    product = rhs if scale == 1 else sp.MatMul(*factors)
+    ctx.ops.append(MatMul(ctx.buffer(lhs), a, b, f"{lhs} = {product}"))
+    if scale != 1:
+        ctx.ops.append(Loop(space, ((lhs.name, scale * ctx.at(lhs, lhs)),),
+                            formulas=(f"{lhs} *= {scale}",)))
+
+
+def _column_totals(scale, M: sp.MatrixExpr, lhs, ctx) -> None:
+    """``lhs = scale·1ᵀ·M``: one total per sample, in one pass over each stored row (the
+    entries of an entry-wise ``M`` are computed there, never stored)."""
+    if not layout.batch_major(M, ctx.batch):
+        raise TypeError(f"codegen sums features of a batch (…×N) only, got {lhs} = 1ᵀ·{M}")
+    stand_in = sp.MatrixSymbol(f"{lhs.name}_entries", *M.shape)
+    ctx.buffer(lhs)
+    expr = _entry(ctx, M, stand_in)
+    ctx.ops.append(RowReduce(lhs.name, (ctx.batch, M.shape[0]), expr, scale,
+                             f"{lhs} = {scale}·1ᵀ·{M}"))
+
+
+def _entry(ctx: _Context, term: sp.MatrixExpr, result: sp.MatrixSymbol) -> sp.Expr:
+    """``term`` at the current entry of a loop over ``result``: a matrix (or broadcast) is
+    read, an entry-wise expression computed in place, a scaled term scaled; anything else
+    (a product, a sum of rows) is lowered into a buffer of its own first."""
+    if isinstance(term, Elementwise):
+        for m in term.operands:
+            ctx.buffer(broadcast_base(m))
+        return _elementwise(ctx, term, result)
+    if isinstance(term, sp.MatMul):
+        scale, factors = _coefficient(term)
+        if scale != 1:
+            return scale * _entry(ctx, sp.MatMul(*factors), result)
+        if len(factors) == 1:
+            return _entry(ctx, factors[0], result)
+    if isinstance(broadcast_base(term), sp.MatrixSymbol):
+        return ctx.at(term, result)
+    temporary = ctx.named(term, f"{result.name}_term{len(ctx.buffers)}")
+    return ctx.at(temporary, result)
 
 
 @_lower.register
@@ -153,37 +253,50 @@ def _(rhs: sp.MatAdd, lhs, ctx):
     products = [t for t in rhs.args if not _is_broadcast_column(t)]
     columns = [t for t in rhs.args if _is_broadcast_column(t)]
     space = ctx.buffers[ctx.buffer(lhs)].shape
-    if len(products) == 1:  # Z = W·X + b·1ᵀ: the product, then the columns added in place
+    if len(products) == 1 and _is_product(products[0]):
+        # Z = W·X + b·1ᵀ: the product, then the columns added in place
         _lower(products[0], lhs, ctx)
-        value = ctx.ref(lhs, space) + sum(ctx.ref(t.args[0], space) for t in columns)
+        value = ctx.at(lhs, lhs) + sum(ctx.at(t.args[0], lhs) for t in columns)
         ctx.ops.append(Loop(space, ((lhs.name, value),), formulas=(f"{lhs} += bias",)))
         return
-    # A sum of several products (a derivative reaching a matrix along several paths, as for
-    # one used twice): each product into a buffer of its own, then one entry-wise sum,
-    # which fuses with the loops that read it.
-    value = sum(ctx.ref(t.args[0], space) for t in columns)
+    # A sum of several terms (a derivative reaching a matrix along several paths, as for
+    # one used twice, or a residual path): each product into a buffer of its own, then one
+    # entry-wise sum, which fuses with the loops that read it.
+    value = sum(ctx.at(t.args[0], lhs) for t in columns)
     for k, term in enumerate(products):
-        if not isinstance(term, sp.MatrixSymbol):
+        if _is_product(term):
             part = sp.MatrixSymbol(f"{lhs.name}_term{k + 1}", *lhs.shape)
             _lower(term, part, ctx)
             term = part
-        value += ctx.ref(term, space)
+        value += _entry(ctx, term, lhs)
     ctx.ops.append(Loop(space, ((lhs.name, value),), formulas=(f"{lhs} = {rhs}",)))
 
 
 def _is_broadcast_column(term) -> bool:
     """``c·1ᵀ``: a column repeated along every column of the result."""
     return isinstance(term, sp.MatMul) and isinstance(term.args[-1], sp.OneMatrix) and \
-        term.args[-1].shape[0] == 1
+        term.args[-1].shape[0] == 1 and len(term.args) == 2
+
+
+def _is_product(term) -> bool:
+    """A product of two matrices (no ones vector): BLAS's job."""
+    if not isinstance(term, sp.MatMul):
+        return False
+    _, factors = _coefficient(term)
+    return len(factors) == 2 and not any(isinstance(f, sp.OneMatrix) for f in factors)
 
 
 @_lower.register
 def _(rhs: Elementwise, lhs, ctx):
     space = ctx.buffers[ctx.buffer(lhs)].shape
-    for m in rhs.operands:
-        ctx.buffer(m)
-    ctx.ops.append(Loop(space, ((lhs.name, _elementwise(ctx, rhs, space)),),
+    ctx.ops.append(Loop(space, ((lhs.name, _entry(ctx, rhs, lhs)),),
                         formulas=(_formula(sp.Eq(lhs, rhs, evaluate=False)),)))
+
+
+@_lower.register
+def _(rhs: sp.MatrixSymbol, lhs, ctx):  # a copy: the model returns a value it was given
+    space = ctx.buffers[ctx.buffer(lhs)].shape
+    ctx.ops.append(Loop(space, ((lhs.name, ctx.at(rhs, lhs)),), formulas=(f"{lhs} = {rhs}",)))
 
 
 def _row_op(rhs, lhs, ctx):
@@ -203,10 +316,11 @@ def _scalar_reduction(eq: sp.Eq, ctx: _Context) -> None:
     (total,) = eq.rhs.atoms(Total)
     body = total.matrix
     for m in body.operands:
-        ctx.buffer(m)
-    space = ctx.buffers[body.operands[0].name].shape
+        ctx.buffer(broadcast_base(m))
+    first = broadcast_base(body.operands[0])
+    space = ctx.buffers[first.name].shape
     scale = eq.rhs / total
-    ctx.ops.append(Reduce(eq.lhs.name, space, _elementwise(ctx, body, space), scale,
+    ctx.ops.append(Reduce(eq.lhs.name, space, _elementwise(ctx, body, first), scale,
                           _formula(eq)))
 
 

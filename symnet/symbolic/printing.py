@@ -19,7 +19,15 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from codegen.expr import LATEX_ESCAPES, Elementwise, LogSoftmaxVJP, SoftmaxVJP, Total, visible
+from codegen.expr import (
+    LATEX_ESCAPES,
+    Elementwise,
+    LogSoftmaxVJP,
+    SoftmaxVJP,
+    Total,
+    broadcast_base,
+    visible,
+)
 
 NAMES = {"Yhat": "Ŷ", "lr": "η", "beta1": "β₁", "beta2": "β₂", "eps": "ε",
          "weight_decay": "λ", "momentum": "μ", "dampening": "τ"}
@@ -173,18 +181,6 @@ class TextPrinter(_Hadamard, StrPrinter):
         if isinstance(inner, Elementwise):
             return f"Σ {_print_body(self, inner, [self._print(o) for o in inner.operands])}"
         return f"Σ {self._print(inner)}"
-
-
-def broadcast_base(operand: sp.MatrixExpr) -> sp.MatrixExpr:
-    """An entry-wise operand as the textbook writes it: ``b`` for the broadcast ``b·1ᵀ``
-    and ``r`` for ``1·r`` (the shapes say how it repeats)."""
-    if isinstance(operand, sp.MatMul) and len(operand.args) == 2:
-        first, second = operand.args
-        if isinstance(second, sp.OneMatrix):
-            return first
-        if isinstance(first, sp.OneMatrix):
-            return second
-    return operand
 
 
 def _print_body(printer, expr: Elementwise, names: list[str]) -> str:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,7 @@ from codegen.ir import Program
 from codegen.lower import lower
 from symnet.nn.losses import Loss, MSELoss
 from symnet.nn.module import Module, Parameter
+from symnet.nn.trace import trace
 from symnet.optim import Optimizer
 from symnet.symbolic.backprop import backward, gradient_symbol
 from symnet.symbolic.graph import Graph, N, build
@@ -72,17 +74,38 @@ def concrete_shape(shape: tuple, batch: int) -> tuple[int, ...]:
 
 
 def structure_key(model: Module, loss: Loss | None, dtype) -> tuple:
-    """What decides the equations: layers (with their formulas), loss, dtype — and the
+    """What decides the equations: the traced forward equations, loss, dtype — and the
     parameters' state-dict keys, which the unit's graph maps its symbols to (a nested
     Sequential has the same layers as a flat one but keys '0.0.weight', not '0.weight'),
     with which uses share a parameter (each use's index points at the first use's)."""
-    layers = tuple((type(m).__name__, repr(m), str(getattr(m, "expr", ""))) for m in
-                   model.layers())
     first: dict[int, int] = {}
     keys = tuple((name, first.setdefault(id(p), k)) for k, (name, p) in
                  enumerate(model.named_parameters(remove_duplicate=False)))
     loss_key = None if loss is None else (type(loss).__name__, loss.reduction, str(loss.expr))
-    return layers, keys, loss_key, np.dtype(dtype).name
+    return _forward_key(model), keys, loss_key, np.dtype(dtype).name
+
+
+#: model → (its cheap signature, the srepr of its traced equations)
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PLAIN = (int, float, str, bool, tuple, type(None))
+
+
+def _forward_key(model: Module) -> tuple:
+    """The model's forward equations (``srepr``, exact), traced again only when something
+    that could change them did: a module, its mode, or a plain attribute ``forward`` may
+    read (``self.alpha = 0.1``)."""
+    signature = tuple(
+        (prefix, id(m), type(m), m.training,
+         tuple(sorted((k, v) for k, v in vars(m).items() if isinstance(v, _PLAIN))))
+        for prefix, m in model.named_modules())
+    signature += tuple((k, id(p), p.shape) for k, p in model.named_parameters())
+    cached = _TRACED.get(model)
+    if cached is None or cached[0] != signature:
+        traced = trace(model)
+        equations = tuple(sp.srepr(eq) for eq in traced.forward)
+        cached = (signature, (equations, traced.output.name, tuple(traced.masks)))
+        _TRACED[model] = cached
+    return cached[1]
 
 
 def target_arguments(loss: Loss) -> tuple[tuple[str, ...], dict[str, str]]:

@@ -21,14 +21,7 @@ from symnet.nn.activations import (
     Softplus,
     Tanh,
 )
-from symnet.nn.losses import (
-    BCELoss,
-    BCEWithLogitsLoss,
-    CrossEntropyLoss,
-    Loss,
-    MSELoss,
-    NLLLoss,
-)
+from symnet.nn.dropout import Dropout
 from symnet.nn.functional import (
     elementwise,
     exp,
@@ -43,10 +36,19 @@ from symnet.nn.functional import (
     softmax,
     softplus,
     sqrt,
+    sum,  # noqa: A004 - torch.sum's name, as sn.sum
     tanh,
 )
-from symnet.nn.functional import sum  # noqa: A004 - torch.sum's name, as sn.sum
+from symnet.nn.losses import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    Loss,
+    MSELoss,
+    NLLLoss,
+)
 from symnet.nn.module import Identity, Linear, Module, Sequential, manual_seed
+from symnet.nn.normalization import LayerNorm, RMSNorm
 from symnet.nn.parameter import Parameter
 from symnet.nn.value import Value
 
@@ -54,6 +56,7 @@ __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "GELU", "LeakyReLU",
     "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter", "ReLU",
     "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "manual_seed",
-    "Identity", "Value", "elementwise", "exp", "gelu", "leaky_relu", "log", "log_softmax",
+    "Dropout", "Identity", "LayerNorm", "RMSNorm", "Value", "elementwise", "exp", "gelu",
+    "leaky_relu", "log", "log_softmax",
     "mean", "relu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sum", "tanh",
 ]

@@ -108,7 +108,7 @@ class Activation(Module):
     def forward(self, x: Value) -> Value:
         """``A{layer} = f(x)`` entry by entry."""
         return elementwise(lambda v: self.expr.xreplace({self.var: v}), x, label=self.label,
-                           name=f"A{x.trace.layer}")
+                           name=f"A{x.trace.layer}", numbered=False)
 
 
 def _builtin(name: str, label: str, expr: sp.Expr, doc: str):

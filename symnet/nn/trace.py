@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
@@ -33,6 +33,11 @@ class Mask:
     name: str
     p: float
     shape: tuple
+    module: object = field(default=None, compare=False, hash=False, repr=False)
+
+    def draw(self, rng: np.random.Generator, batch: int, dtype) -> np.ndarray:
+        """A mask for ``batch`` samples in storage layout (batch-major): 1 kept, 0 dropped."""
+        return (rng.random((batch, self.shape[0])) >= self.p).astype(dtype)
 
 
 class Trace:
@@ -79,7 +84,7 @@ class Trace:
         return new
 
     # --- leaves ----------------------------------------------------------------------------
-    def parameter(self, parameter, base: str) -> sp.MatrixSymbol:
+    def parameter(self, parameter, base: str, numbered: bool = False) -> sp.MatrixSymbol:
         """The symbol of ``parameter``: new at its first use, the same one at every later
         use.  A vector parameter is a column: ``(d,)`` is ``d × 1``."""
         if id(parameter) not in self._symbols:
@@ -92,14 +97,15 @@ class Trace:
             if len(shape) != 2:
                 raise ValueError(f"{key}: a parameter of shape {parameter.shape} cannot be used "
                                  "in a formula; parameters are vectors or matrices")
-            name = self.name(base)
+            name = self.name(base, numbered)
             self._symbols[id(parameter)] = sp.MatrixSymbol(name, *shape)
             self.params[name] = key
         return self._symbols[id(parameter)]
 
-    def mask(self, p: float, shape: tuple) -> sp.MatrixSymbol:
+    def mask(self, module, p: float, shape: tuple) -> sp.MatrixSymbol:
+        """A new dropout mask of ``module``: a leaf the caller draws for every call."""
         name = self.name("M", numbered=True)
-        self.masks.append(Mask(name, p, shape))
+        self.masks.append(Mask(name, p, shape, module))
         return sp.MatrixSymbol(name, *shape)
 
     # --- where we are, for errors ----------------------------------------------------------

@@ -226,7 +226,7 @@ def broadcast(values: list[Value]) -> tuple[tuple, list[sp.MatrixExpr]]:
     return (rows, cols), operands
 
 
-def _combine(a: Value, other, sign: int) -> Value:
+def _combine(a: Value, other, sign: int, name: str = "H") -> Value:
     """``a + sign·other``: a linear combination of matrices, or entry-wise with a number."""
     b = a._value(other)
     if b is None:
@@ -235,10 +235,11 @@ def _combine(a: Value, other, sign: int) -> Value:
     _, (x, y) = broadcast([a, b])
     if sign < 0:
         y = sp.MatMul(-1, *(y.args if isinstance(y, sp.MatMul) else (y,)), evaluate=False)
-    return a._new("H", sp.MatAdd(x, y, evaluate=False))
+    return a._new(name, sp.MatAdd(x, y, evaluate=False))
 
 
-def elementwise(fn, *operands, label: str = "", name: str | None = None) -> Value:
+def elementwise(fn, *operands, label: str = "", name: str = "H",
+                numbered: bool = True) -> Value:
     """``fn`` (of scalar entries) applied entry by entry to values and numbers.
 
     Example:
@@ -263,6 +264,4 @@ def elementwise(fn, *operands, label: str = "", name: str | None = None) -> Valu
         raise ValueError(f"{anchor.trace.where()}: the entry-wise formula {body} does not "
                          "depend on its operands")
     rhs = Elementwise(sp.Lambda(variables, body), *broadcast_operands, label=label)
-    if name is not None:
-        return anchor._new(name, rhs, numbered=False)
-    return anchor._new("H", rhs)
+    return anchor._new(name, rhs, numbered)

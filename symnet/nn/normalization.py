@@ -1,0 +1,142 @@
+"""Normalisation layers, declared as formulas on symbolic values (no hand-written backward).
+
+Each statistic is its own named equation, so the derived backward is the textbook's step by
+step: ``dxhat``, ``drstd``, ``dvar``, ``dxc``, ``dmu``, each line short.
+
+Example:
+    >>> import symnet as sn
+    >>> d = sn.derive(sn.Sequential(sn.Linear(3, 4), sn.LayerNorm(4)), sn.MSELoss())
+    >>> [str(eq.lhs) for eq in d.forward][:6]
+    ['Z1', 'mu1', 'xc1', 'sq1', 'var1', 'rstd1']
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import sympy as sp
+
+from symnet.nn.module import Module
+from symnet.nn.parameter import Parameter, check_dtype
+from symnet.nn.value import Value, _combine, elementwise
+
+
+def _width(shape, layer: str) -> int:
+    dims = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if len(dims) != 1 or isinstance(dims[0], bool) or not isinstance(dims[0], numbers.Integral) \
+            or dims[0] < 1:
+        raise ValueError(f"{layer}: normalized_shape must be one positive integer (the "
+                         f"features of a sample), got {shape!r}")
+    return int(dims[0])
+
+
+def _eps(eps, layer: str) -> float:
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps > 0 or \
+            not np.isfinite(eps):
+        raise ValueError(f"{layer}: eps must be a positive number, got {eps!r}")
+    return float(eps)
+
+
+def _check(x: Value, width: int, layer: Module) -> None:
+    if x.shape[0] != width:
+        raise ValueError(f"{layer!r} ({x.trace.where()}) receives {x.shape[0]} features, "
+                         f"expected {width}")
+
+
+def _scaled(layer: Module, x: Value, xhat: Value, name: str) -> Value:
+    """``weight ⊙ x̂ + bias`` (each a column broadcast over the samples), or ``x̂``."""
+    weight, bias = layer._parameters.get("weight"), layer._parameters.get("bias")
+    if weight is None:
+        return xhat
+    t = x.trace
+    k = xhat.expr.name[len("xhat"):]  # the statistics' number: γ_1 and β_1 beside xhat1
+    w = Value(t.parameter(weight, f"gamma_{k}"), t)
+    if bias is None:
+        return elementwise(lambda g, a: g * a, w, xhat, name=name)
+    b = Value(t.parameter(bias, f"beta_{k}"), t)
+    return elementwise(lambda g, a, c: g * a + c, w, xhat, b, name=name)
+
+
+def _normalise(x: Value, eps: float, centre: bool) -> Value:
+    """``x̂ = (x − μ)/√(σ² + ε)`` over each sample's features (without μ: ``x/√(x̄² + ε)``)."""
+    xc = x
+    if centre:
+        xc = _combine(x, x.mean("features", base="mu"), -1, name="xc")
+    var = elementwise(lambda a: a**2, xc, name="sq").mean("features",
+                                                          base="var" if centre else "ms")
+    e = sp.Float(eps)
+    rstd = elementwise(lambda v: 1 / sp.sqrt(v + e), var, name="rstd")
+    return elementwise(lambda a, r: a * r, xc, rstd, name="xhat")
+
+
+class LayerNorm(Module):
+    """``y = (x − E[x]) / √(Var[x] + ε) ⊙ γ + β`` over each sample's features, as PyTorch's
+    ``nn.LayerNorm(d)`` (biased variance; ``weight`` γ = 1 and ``bias`` β = 0 at first).
+
+    Example:
+        >>> import symnet as sn
+        >>> [k for k in sn.LayerNorm(4).state_dict()]
+        ['weight', 'bias']
+    """
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, dtype=np.float32):
+        super().__init__()
+        self.in_features = _width(normalized_shape, "LayerNorm")
+        self.normalized_shape = (self.in_features,)
+        self.eps = _eps(eps, "LayerNorm")
+        self.elementwise_affine = bool(elementwise_affine)
+        dtype = check_dtype(dtype)
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.in_features, dtype))
+            if bias:
+                self.bias = Parameter(np.zeros(self.in_features, dtype))
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+    def __repr__(self) -> str:
+        return f"LayerNorm({self.extra_repr()})"
+
+    def forward(self, x: Value) -> Value:
+        _check(x, self.in_features, self)
+        xhat = _normalise(x, self.eps, centre=True)
+        return _scaled(self, x, xhat, "ln")
+
+
+class RMSNorm(Module):
+    """``y = x / √(mean(x²) + ε) ⊙ γ`` over each sample's features, as PyTorch's
+    ``nn.RMSNorm(d)`` (``eps=None``: the dtype's machine epsilon, as torch does).
+
+    Example:
+        >>> import symnet as sn
+        >>> [k for k in sn.RMSNorm(4).state_dict()]
+        ['weight']
+    """
+
+    def __init__(self, normalized_shape, eps: float | None = None,
+                 elementwise_affine: bool = True, dtype=np.float32):
+        super().__init__()
+        self.in_features = _width(normalized_shape, "RMSNorm")
+        self.normalized_shape = (self.in_features,)
+        self.eps = None if eps is None else _eps(eps, "RMSNorm")
+        self.elementwise_affine = bool(elementwise_affine)
+        self._dtype = check_dtype(dtype)
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.in_features, self._dtype))
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
+
+    def __repr__(self) -> str:
+        return f"RMSNorm({self.extra_repr()})"
+
+    def forward(self, x: Value) -> Value:
+        _check(x, self.in_features, self)
+        dtype = self.weight.dtype if self.elementwise_affine else self._dtype
+        eps = self.eps if self.eps is not None else float(np.finfo(dtype).eps)
+        xhat = _normalise(x, eps, centre=False)
+        return _scaled(self, x, xhat, "rms")

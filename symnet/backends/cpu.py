@@ -91,7 +91,9 @@ class TrainStep(Step):
             args = unit.buffers("train_step", batch, {
                 leading[0]: X, leading[1]: Y, **{n: a for n, (a, _) in state.items()}})
             function = unit.functions["train_step"] if wide else self.function
-            self._cache = (identity, function, args[2:])
+            named = dict(zip(self.program.arguments, args))
+            self._cache = (identity, function, args[2:], named)
+        kernels.draw_masks(self.model, batch, self.dtype, into=self._cache[3])
         value = self._cache[1](X, Y, *self._cache[2], *self._scalars(self.program.scalars))
         if not self.check_finite:
             return self._finish(value)

@@ -27,9 +27,11 @@ from symnet.nn.module import Module
 _tape: dict[int, tuple] = {}
 
 
-def remember(output: np.ndarray, model: Module, inputs: np.ndarray) -> None:
+def remember(output: np.ndarray, model: Module, inputs: np.ndarray,
+             masks: dict | None = None) -> None:
+    """Keep what produced ``output`` (and the dropout masks it used) for its loss."""
     key = id(output)
-    _tape[key] = (weakref.ref(output), model, inputs)
+    _tape[key] = (weakref.ref(output), model, inputs, masks or {})
     weakref.finalize(output, _tape.pop, key, None)
 
 
@@ -38,12 +40,13 @@ def forward(model: Module, inputs) -> np.ndarray:
     dtype = model.dtype
     X = check_inputs(model, inputs, dtype)
     unit = kernels.model_unit(model, None, dtype)
-    provided = {kernels.INPUT: X, **_parameters(unit, model)}
+    masks = kernels.draw_masks(model, X.shape[0], dtype)
+    provided = {kernels.INPUT: X, **_parameters(unit, model), **masks}
     args = unit.buffers("forward", X.shape[0], provided)
     unit.functions["forward"](*args)
     output = unit.buffers("forward", X.shape[0], provided)[
         unit.programs["forward"].arguments.index(unit.graph.output)].copy()
-    remember(output, model, X)
+    remember(output, model, X, masks)
     return output
 
 
@@ -85,12 +88,12 @@ def loss_value(loss, output, target) -> LossValue:
     if entry is None or entry[0]() is not output:
         raise ValueError(f"{loss!r} needs the array returned by model(X) (it recomputes the "
                          "forward pass in its gradient kernel); got an unrelated array")
-    _, model, X = entry
+    _, model, X, masks = entry
     dtype = model.dtype
     unit = kernels.model_unit(model, loss, dtype)
     target_array = check_targets(loss, target, X.shape[0], output.shape[1], dtype)
     leading = unit.programs["gradients"].arguments[:2]
-    provided = {leading[0]: X, leading[1]: target_array, **_parameters(unit, model)}
+    provided = {leading[0]: X, leading[1]: target_array, **_parameters(unit, model), **masks}
     args = unit.buffers("gradients", X.shape[0], provided)
     value = float(unit.functions["gradients"](*args))
     names = unit.programs["gradients"].arguments

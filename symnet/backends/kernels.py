@@ -24,6 +24,7 @@ from codegen.ir import Program
 from codegen.lower import lower
 from symnet.nn.losses import Loss, MSELoss
 from symnet.nn.module import Module, Parameter
+from symnet.nn.module import generator as module_rng
 from symnet.nn.trace import trace
 from symnet.optim import Optimizer
 from symnet.symbolic.backprop import backward, gradient_symbol
@@ -103,9 +104,26 @@ def _forward_key(model: Module) -> tuple:
     if cached is None or cached[0] != signature:
         traced = trace(model)
         equations = tuple(sp.srepr(eq) for eq in traced.forward)
-        cached = (signature, (equations, traced.output.name, tuple(traced.masks)))
+        cached = (signature, (equations, traced.output.name), traced.masks)
         _TRACED[model] = cached
     return cached[1]
+
+
+def draw_masks(model: Module, batch: int, dtype, into: dict | None = None) -> dict:
+    """A fresh dropout mask for every `Dropout` the model's forward uses in training, by
+    argument name, from symnet's generator (`symnet.manual_seed`); written into the arrays
+    of ``into`` when given (a compiled step's buffers).  Each layer keeps a copy of its
+    mask as ``last_mask``."""
+    _forward_key(model)
+    masks = {}
+    for mask in _TRACED[model][2]:
+        drawn = mask.draw(module_rng(), batch, dtype)
+        if into is not None:
+            into[mask.name][...] = drawn
+            drawn = into[mask.name]
+        masks[mask.name] = drawn
+        mask.module.last_mask = drawn.copy()
+    return masks
 
 
 def target_arguments(loss: Loss) -> tuple[tuple[str, ...], dict[str, str]]:

@@ -43,6 +43,11 @@ def manual_seed(seed: int) -> None:
     _rng = np.random.default_rng(seed)
 
 
+def generator() -> np.random.Generator:
+    """symnet's random generator (initialisation, dropout masks), seeded by `manual_seed`."""
+    return _rng
+
+
 class Module:
     """Base class: parameters, children, train/eval mode, state dicts, dtype.
 

@@ -95,7 +95,8 @@ class LayerNorm(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}")
+                f"elementwise_affine={self.elementwise_affine}, "
+                f"bias={'bias' in self._parameters}")
 
     def __repr__(self) -> str:
         return f"LayerNorm({self.extra_repr()})"

@@ -40,7 +40,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from codegen.ir import CheckFinite, I, J, Loop, MatMul, OneHot, Program, Reduce, RowOp, RowSum
+from codegen.ir import (
+    CheckFinite,
+    I,
+    J,
+    Loop,
+    MatMul,
+    OneHot,
+    Program,
+    Reduce,
+    RowOp,
+    RowReduce,
+    RowSum,
+)
 from codegen.printer import HELPERS, KernelPrinter
 from codegen.schedule import plan_loop
 from codegen.source import (
@@ -328,6 +340,20 @@ def _render_rowsum(op: RowSum, r: _Render) -> None:
     r.driver += [f"# {op.formula}", f"{name}[_line({op.out}.shape[0])]({op.out}, {op.src})"]
 
 
+def _render_rowreduce(op: RowReduce, r: _Render) -> None:
+    arrays, scalars = _arrays_and_scalars([op.expr, op.scale], set())
+    scalars |= {x for x in op.space if isinstance(x, sp.Symbol)}
+    params, kinds = _parameters({op.out: 2, **arrays}, scalars, r)
+    rows = _code(op.space[0])
+    body = [f"# {op.formula}", "i = cuda.grid(1)", f"if i < {rows}:", f"{INDENT}row = 0.0",
+            f"{INDENT}for j in range({_code(op.space[1])}):",
+            f"{INDENT * 2}row += {kernel_code(op.expr)}",
+            f"{INDENT}{op.out}[i, 0] = {kernel_code(op.scale)} * row"]
+    name = r.kernel(f"rowreduce_{op.out}", params, kinds, body,
+                    "One thread per stored row owns its whole total: no race.")
+    r.driver += [f"# {op.formula}", f"{name}[_line({rows})]({', '.join(params)})"]
+
+
 def _render_rowop(op: RowOp, r: _Render) -> None:
     formula = comments(op.formula)
     body = [*formula, "i = cuda.grid(1)", f"if i < {op.out}.shape[0]:",
@@ -427,6 +453,7 @@ def _render_check_finite(op: CheckFinite, r: _Render) -> None:
 
 
 RENDERERS = {MatMul: _render_matmul, Loop: _render_loop, RowSum: _render_rowsum,
+             RowReduce: _render_rowreduce,
              RowOp: _render_rowop, Reduce: _render_reduce, OneHot: _render_onehot,
              CheckFinite: _render_check_finite}
 

@@ -192,9 +192,11 @@ def broadcast_base(operand: sp.MatrixExpr) -> sp.MatrixExpr:
     """
     if isinstance(operand, sp.MatMul) and len(operand.args) == 2:
         first, second = operand.args
-        if isinstance(second, sp.OneMatrix) and not isinstance(first, sp.OneMatrix):
+        if isinstance(second, sp.OneMatrix) and second.shape[0] == 1 and \
+                not isinstance(first, sp.OneMatrix):
             return first
-        if isinstance(first, sp.OneMatrix) and not isinstance(second, sp.OneMatrix):
+        if isinstance(first, sp.OneMatrix) and first.shape[1] == 1 and \
+                not isinstance(second, sp.OneMatrix):
             return second
     return operand
 

@@ -264,7 +264,7 @@ def _(rhs: sp.MatAdd, lhs, ctx):
     # entry-wise sum, which fuses with the loops that read it.
     value = sum(ctx.at(t.args[0], lhs) for t in columns)
     for k, term in enumerate(products):
-        if _is_product(term):
+        if _is_product(term) or _is_sum(term):
             part = sp.MatrixSymbol(f"{lhs.name}_term{k + 1}", *lhs.shape)
             _lower(term, part, ctx)
             term = part
@@ -276,6 +276,13 @@ def _is_broadcast_column(term) -> bool:
     """``c·1ᵀ``: a column repeated along every column of the result."""
     return isinstance(term, sp.MatMul) and isinstance(term.args[-1], sp.OneMatrix) and \
         term.args[-1].shape[0] == 1 and len(term.args) == 2
+
+
+def _is_sum(term) -> bool:
+    """``M·1`` or ``1ᵀ·M``: a reduction, lowered into a buffer of its own."""
+    if not isinstance(term, sp.MatMul) or broadcast_base(term) is not term:
+        return False
+    return len(_coefficient(term)[1]) == 2
 
 
 def _is_product(term) -> bool:

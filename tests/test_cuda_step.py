@@ -356,3 +356,33 @@ def test_a_step_compiled_before_is_loaded_from_the_index_without_deriving(
     assert again.source() == first.source()
     for X, y in _batches("ce", "f32"):
         assert_close(again(X, y), first(X, y), 1e-6, "loss")
+
+
+@needs_cuda
+def test_normalisation_and_residual_layers_match_cpu(assert_close):
+    """LayerNorm's and RMSNorm's row statistics (`RowReduce`) and a residual sum on the GPU
+    as on the CPU (whose values are checked against torch in test_layers)."""
+    class Residual(sn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = sn.LayerNorm(4, dtype=np.float64)
+            self.fc = sn.Linear(4, 4, dtype=np.float64)
+
+        def forward(self, x):
+            return x + self.fc(sn.gelu(self.norm(x)))
+
+    def setup():
+        sn.manual_seed(0)
+        model = sn.Sequential(sn.Linear(5, 4), Residual(), sn.RMSNorm(4),
+                              sn.Linear(4, 3)).to(np.float64)
+        return model, sn.CrossEntropyLoss(), sn.optim.AdamW(model.parameters(), lr=0.01)
+
+    (model, loss_fn, opt), (ref_model, ref_loss, ref_opt) = setup(), setup()
+    gpu = CudaTrainStep(model.to("cuda"), loss_fn, opt, tile=TILE)
+    cpu = _cpu_step(ref_model, ref_loss, ref_opt)
+    for k, (X, y) in enumerate(_batches("ce", "f64")):
+        assert_close(gpu(X, y), cpu(X, y), 1e-10, f"loss at step {k + 1}")
+    gpu.sync()
+    expected = _state(ref_model, ref_opt)
+    for name, array in _state(model, opt).items():
+        assert_close(array, expected[name], 1e-10, name)

@@ -288,6 +288,7 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
     dtype = model.dtype
     X = check_inputs(model, inputs, dtype)
     tile = default_tile() if tile is None else tile
+    kernels.refuse_dropout(model, "the CUDA forward")
     key = ("cuda-forward", kernels.structure_key(model, None, dtype), tile)
     if key not in kernels.UNITS:
         graph, program = kernels.forward_program(model)
@@ -335,6 +336,7 @@ class CudaTrainStep(Step):
         self.cuda = require()
         _on_device(model, "CudaTrainStep")
         super().__init__(model, loss, optimizer, check_finite=check_finite)
+        kernels.refuse_dropout(model, "the CUDA step")
         tile = default_tile() if tile is None else tile
         key = ("cuda-step", kernels.structure_key(model, loss, self.dtype), tile,
                kernels.update_signature(optimizer), self.check_finite)

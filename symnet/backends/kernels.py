@@ -109,6 +109,14 @@ def _forward_key(model: Module) -> tuple:
     return cached[1]
 
 
+def refuse_dropout(model: Module, where: str) -> None:
+    """A clear error where dropout masks are not drawn yet (``where``: the backend)."""
+    _forward_key(model)
+    if _TRACED[model][2]:
+        raise NotImplementedError(f"{where} does not draw dropout masks yet: train this "
+                                  "model on the CPU, or put it in eval mode (model.eval())")
+
+
 def draw_masks(model: Module, batch: int, dtype, into: dict | None = None) -> dict:
     """A fresh dropout mask for every `Dropout` the model's forward uses in training, by
     argument name, from symnet's generator (`symnet.manual_seed`); written into the arrays

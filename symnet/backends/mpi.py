@@ -156,6 +156,7 @@ class DistributedStep(Step):
                              f"{moved[0][1]!r}: call model.to('cpu') first")
         check_parallel(parallel)
         super().__init__(model, loss, optimizer, check_finite=check_finite)
+        kernels.refuse_dropout(model, "the data-parallel step")
         self.comm = world(comm)
         self.unit = kernels.model_unit(model, loss, self.dtype, parallel)
         self.updates = kernels.optimizer_unit(optimizer, self.dtype)

@@ -49,6 +49,7 @@ from symnet.nn import (
     elementwise,
     exp,
     gelu,
+    init,
     leaky_relu,
     log,
     log_softmax,
@@ -72,7 +73,7 @@ __all__ = [
     "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainStep",
     "__version__", "compile", "cuda", "derive", "get_num_threads", "load", "load_model",
     "manual_seed", "optim", "save", "set_num_threads",
-    "Dropout", "Identity", "LayerNorm", "RMSNorm", "Value", "elementwise", "exp", "gelu",
+    "Dropout", "Identity", "init", "LayerNorm", "RMSNorm", "Value", "elementwise", "exp", "gelu",
     "leaky_relu", "log", "log_softmax",
     "mean", "relu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sum", "tanh",
 ]

@@ -9,6 +9,7 @@ Example:
     Tanh()
 """
 
+from symnet.nn import init
 from symnet.nn.activations import (
     GELU,
     Activation,
@@ -56,7 +57,7 @@ __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "GELU", "LeakyReLU",
     "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter", "ReLU",
     "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "manual_seed",
-    "Dropout", "Identity", "LayerNorm", "RMSNorm", "Value", "elementwise", "exp", "gelu",
+    "Dropout", "Identity", "init", "LayerNorm", "RMSNorm", "Value", "elementwise", "exp", "gelu",
     "leaky_relu", "log", "log_softmax",
     "mean", "relu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sum", "tanh",
 ]

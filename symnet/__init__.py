@@ -23,6 +23,7 @@ from symnet.io import load, save
 from symnet.nn import (
     GELU,
     Activation,
+    BatchNorm1d,
     BCELoss,
     BCEWithLogitsLoss,
     CrossEntropyLoss,
@@ -73,7 +74,8 @@ __all__ = [
     "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainStep",
     "__version__", "compile", "cuda", "derive", "get_num_threads", "load", "load_model",
     "manual_seed", "optim", "save", "set_num_threads",
-    "Dropout", "Identity", "init", "LayerNorm", "RMSNorm", "Value", "elementwise", "exp", "gelu",
+    "BatchNorm1d", "Dropout", "Identity", "init", "LayerNorm", "RMSNorm", "Value",
+    "elementwise", "exp", "gelu",
     "leaky_relu", "log", "log_softmax",
     "mean", "relu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sum", "tanh",
 ]

@@ -266,3 +266,54 @@ def test_elementwise_of_several_operands_matches_sympy_diff():
     Z2 = X @ model.fc2.weight.data.T + model.fc2.bias.data
     np.testing.assert_allclose(out, Z1 * np.tanh(Z2) + Z1**2 / 4, rtol=1e-12)
     assert sn.derive(model, sn.MSELoss()).gradcheck()
+
+
+@pytest.mark.parametrize("affine, track", [(True, True), (False, True), (True, False)])
+def test_batchnorm_steps_and_running_statistics_match_torch(affine, track):
+    sn.manual_seed(0)
+    # No bias before the norm: its gradient is 0 up to rounding, which Adam would amplify
+    model = sn.Sequential(sn.Linear(3, 4, bias=False, dtype=F64),
+                          sn.BatchNorm1d(4, momentum=0.2, affine=affine,
+                                         track_running_stats=track, dtype=F64),
+                          sn.Tanh(), sn.Linear(4, 2, dtype=F64))
+    reference = torch.nn.Sequential(
+        torch.nn.Linear(3, 4, bias=False), torch.nn.BatchNorm1d(4, momentum=0.2, affine=affine,
+                                                    track_running_stats=track),
+        torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    assert list(model.state_dict()) == list(reference.state_dict())
+    opt = sn.optim.Adam(model.parameters(), lr=0.01)
+    t_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
+    step = sn.compile(model, sn.CrossEntropyLoss(), opt)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        X, y = rng.normal(size=(8, 3)), rng.integers(0, 2, 8)
+        value = step(X, y)
+        _, t_loss, _ = _torch_grads(reference, X, y)
+        t_opt.step()
+        assert value == pytest.approx(t_loss, rel=1e-10)
+    for key, value in reference.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=key)
+    model.eval(), reference.eval()
+    X = rng.normal(size=(5, 3))
+    np.testing.assert_allclose(model(X), reference(torch.tensor(X)).detach().numpy(),
+                               rtol=1e-10, atol=1e-12)
+    model.load_state_dict({k: v.numpy() for k, v in reference.state_dict().items()})
+
+
+def test_batchnorm_eager_forward_updates_running_stats_once_per_call():
+    sn.manual_seed(0)
+    model = sn.Sequential(sn.Linear(3, 4, dtype=F64), sn.BatchNorm1d(4, dtype=F64))
+    reference = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).double()
+    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    X = np.random.default_rng(0).normal(size=(6, 3))
+    out = model(X)
+    sn.MSELoss()(out, np.zeros((6, 4))).backward()  # the gradient kernel leaves them be
+    reference(torch.tensor(X))
+    for key, value in reference.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[key], value.numpy(), rtol=1e-12,
+                                   err_msg=key)
+    assert model.state_dict()["1.num_batches_tracked"].shape == ()
+    with pytest.raises(ValueError, match="more than 1 sample"):
+        model(X[:1])

@@ -40,10 +40,12 @@ def forward(model: Module, inputs) -> np.ndarray:
     dtype = model.dtype
     X = check_inputs(model, inputs, dtype)
     unit = kernels.model_unit(model, None, dtype)
+    kernels.check_batch(model, X.shape[0])
     masks = kernels.draw_masks(model, X.shape[0], dtype)
     provided = {kernels.INPUT: X, **_parameters(unit, model), **masks}
     args = unit.buffers("forward", X.shape[0], provided)
     unit.functions["forward"](*args)
+    kernels.after_training_call(model, X.shape[0])
     output = unit.buffers("forward", X.shape[0], provided)[
         unit.programs["forward"].arguments.index(unit.graph.output)].copy()
     remember(output, model, X, masks)
@@ -52,8 +54,8 @@ def forward(model: Module, inputs) -> np.ndarray:
 
 def _parameters(unit, model: Module) -> dict[str, np.ndarray]:
     by_key = dict(model.named_parameters())
-    return {name: by_key[key].kernel_array(fetch=True) for name, key in
-            unit.graph.params.items()}
+    return {**{name: by_key[key].kernel_array(fetch=True) for name, key in
+               unit.graph.params.items()}, **kernels.buffer_arrays(model)}
 
 
 class LossValue:

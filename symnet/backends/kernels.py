@@ -103,18 +103,45 @@ def _forward_key(model: Module) -> tuple:
     cached = _TRACED.get(model)
     if cached is None or cached[0] != signature:
         traced = trace(model)
-        equations = tuple(sp.srepr(eq) for eq in traced.forward)
-        cached = (signature, (equations, traced.output.name), traced.masks)
+        equations = tuple(sp.srepr(eq) for eq in traced.forward + traced.updates)
+        cached = (signature, (equations, traced.output.name), traced)
         _TRACED[model] = cached
     return cached[1]
 
 
+def traced(model: Module):
+    """The model's current `symnet.nn.trace.Trace` (masks, buffers, what counts batches)."""
+    _forward_key(model)
+    return _TRACED[model][2]
+
+
+def buffer_arrays(model: Module) -> dict[str, np.ndarray]:
+    """The arrays of the buffers the model's equations read or update, by symbol name
+    (as stored: the kernels update running statistics in place)."""
+    by_key = dict(model.named_buffers())
+    return {name: by_key[key] for name, key in traced(model).buffers.items()}
+
+
+def after_training_call(model: Module, batch: int) -> None:
+    """What a training call does besides its kernels: count batches (BatchNorm)."""
+    for module in traced(model).counted:
+        module._buffers["num_batches_tracked"] += 1
+
+
+def check_batch(model: Module, batch: int) -> None:
+    """PyTorch's rule: batch statistics need more than one sample."""
+    if batch < traced(model).min_batch:
+        raise ValueError(f"{type(model).__name__}: BatchNorm in training mode needs more than "
+                         f"1 sample per batch, got {batch} (as PyTorch: use model.eval() to "
+                         "run one sample on the running statistics)")
+
+
 def refuse_dropout(model: Module, where: str) -> None:
     """A clear error where dropout masks are not drawn yet (``where``: the backend)."""
-    _forward_key(model)
-    if _TRACED[model][2]:
-        raise NotImplementedError(f"{where} does not draw dropout masks yet: train this "
-                                  "model on the CPU, or put it in eval mode (model.eval())")
+    t = traced(model)
+    if t.masks or t.buffers:
+        raise NotImplementedError(f"{where} does not run dropout or batch statistics yet: "
+                                  "train this model on the CPU")
 
 
 def draw_masks(model: Module, batch: int, dtype, into: dict | None = None) -> dict:
@@ -124,7 +151,7 @@ def draw_masks(model: Module, batch: int, dtype, into: dict | None = None) -> di
     mask as ``last_mask``."""
     _forward_key(model)
     masks = {}
-    for mask in _TRACED[model][2]:
+    for mask in traced(model).masks:
         drawn = mask.draw(module_rng(), batch, dtype)
         if into is not None:
             into[mask.name][...] = drawn
@@ -233,7 +260,7 @@ def forward_program(model: Module, loss: Loss | None = None) -> tuple[Graph, Pro
     Without a loss the graph is built with MSE, which leaves the model's equations as they are.
     """
     graph = build(model, loss if loss is not None else MSELoss())
-    forward_eqs = graph.model_equations()
+    forward_eqs = graph.model_equations() + graph.updates  # running statistics follow
     names = frozenset(eq.lhs.name for eq in forward_eqs)
     return graph, lower("forward", forward_eqs, N, (INPUT,), names)
 

@@ -49,7 +49,7 @@ from symnet.nn.losses import (
     NLLLoss,
 )
 from symnet.nn.module import Identity, Linear, Module, Sequential, manual_seed
-from symnet.nn.normalization import LayerNorm, RMSNorm
+from symnet.nn.normalization import BatchNorm1d, LayerNorm, RMSNorm
 from symnet.nn.parameter import Parameter
 from symnet.nn.value import Value
 
@@ -57,7 +57,8 @@ __all__ = [
     "Activation", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "GELU", "LeakyReLU",
     "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter", "ReLU",
     "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "manual_seed",
-    "Dropout", "Identity", "init", "LayerNorm", "RMSNorm", "Value", "elementwise", "exp", "gelu",
+    "BatchNorm1d", "Dropout", "Identity", "init", "LayerNorm", "RMSNorm", "Value",
+    "elementwise", "exp", "gelu",
     "leaky_relu", "log", "log_softmax",
     "mean", "relu", "sigmoid", "silu", "softmax", "softplus", "sqrt", "sum", "tanh",
 ]

@@ -43,6 +43,23 @@ def manual_seed(seed: int) -> None:
     _rng = np.random.default_rng(seed)
 
 
+def _load_buffers(buffers: dict, state: dict, strict: bool, check_only: bool) -> list[str]:
+    """Check (or copy in place: kernels hold the arrays) the buffers' entries of ``state``."""
+    problems = []
+    for key, (module, name) in buffers.items():
+        current = module._buffers[name]
+        if key not in state:
+            if strict:
+                problems.append(f"missing keys [{key!r}]")
+            continue
+        value = np.asarray(state[key])
+        if value.shape != current.shape:
+            problems.append(f"{key!r} has shape {value.shape}, expected {current.shape}")
+        elif not check_only:
+            current[...] = value.astype(current.dtype)
+    return problems
+
+
 def generator() -> np.random.Generator:
     """symnet's random generator (initialisation, dropout masks), seeded by `manual_seed`."""
     return _rng
@@ -71,6 +88,7 @@ class Module:
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         self.training = True
 
@@ -86,6 +104,8 @@ class Module:
             self.__dict__.pop(name, None)
             self._parameters.pop(name, None)
             self._modules[name] = value
+        elif name in self.__dict__.get("_buffers", {}):
+            self._buffers[name] = np.asarray(value)
         else:
             if "_modules" in self.__dict__:
                 if name in self._parameters and value is None:
@@ -97,7 +117,7 @@ class Module:
 
     def __getattr__(self, name: str):
         # Only called when ordinary lookup fails: registered parameters and submodules.
-        for table in ("_parameters", "_modules"):
+        for table in ("_parameters", "_buffers", "_modules"):
             found = self.__dict__.get(table, {})
             if name in found:
                 return found[name]
@@ -156,6 +176,44 @@ class Module:
         if parameter._owner is None:
             parameter._owner = (self, name)
         self._parameters[name] = parameter
+
+    def register_buffer(self, name: str, tensor: np.ndarray, persistent: bool = True) -> None:
+        """Add a state array that is not learned (BatchNorm's running statistics), as
+        PyTorch's: in ``state_dict`` (when ``persistent``), converted by ``to(dtype)`` when
+        it is floating point, and read or updated by the kernels in place.
+
+        Example:
+            >>> import numpy as np, symnet as sn
+            >>> m = sn.Module(); m.register_buffer("count", np.zeros((), np.int64))
+            >>> list(m.state_dict())
+            ['count']
+        """
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"register_buffer: {name!r} is not a valid attribute name")
+        self._buffers[name] = np.array(tensor, order="C")  # a 0-d count stays 0-d
+        if not persistent:
+            self.__dict__.setdefault("_non_persistent", set()).add(name)
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` for every buffer, with PyTorch's dotted names."""
+        for module_prefix, module in self.named_modules(prefix):
+            for name, array in module.__dict__.get("_buffers", {}).items():
+                yield (f"{module_prefix}.{name}" if module_prefix else name), array
+
+    def buffers(self) -> list[np.ndarray]:
+        return [b for _, b in self.named_buffers()]
+
+    def _state_items(self, prefix: str = "") -> Iterator[tuple[str, object]]:
+        """PyTorch's state_dict order: a module's parameters, its persistent buffers, then
+        its children's, depth first (every use of a shared parameter, as torch has it)."""
+        for name, p in self.__dict__.get("_parameters", {}).items():
+            yield prefix + name, p
+        skip = self.__dict__.get("_non_persistent", set())
+        for name in self.__dict__.get("_buffers", {}):
+            if name not in skip:
+                yield prefix + name, (self, name)
+        for name, child in self.__dict__.get("_modules", {}).items():
+            yield from child._state_items(prefix + name + ".")
 
     def named_parameters(self, prefix: str = "", remove_duplicate: bool = True
                          ) -> Iterator[tuple[str, Parameter]]:
@@ -257,8 +315,9 @@ class Module:
             >>> list(sn.Sequential(sn.Linear(3, 2)).state_dict())
             ['0.weight', '0.bias']
         """
-        return OrderedDict((name, np.array(p._read()))
-                           for name, p in self.named_parameters(remove_duplicate=False))
+        return OrderedDict((name, np.array(item._read()) if isinstance(item, Parameter) else
+                            np.array(item[0]._buffers[item[1]]))
+                           for name, item in self._state_items())
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the parameters; every problem is reported before anything changes.
@@ -269,10 +328,12 @@ class Module:
             >>> import symnet as sn
             >>> m = sn.Sequential(sn.Linear(3, 2)); m.load_state_dict(m.state_dict())
         """
-        own = dict(self.named_parameters(remove_duplicate=False))
+        items = dict(self._state_items())
+        own = {k: v for k, v in items.items() if isinstance(v, Parameter)}
+        buffers = {k: v for k, v in items.items() if not isinstance(v, Parameter)}
+        problems = _load_buffers(buffers, state, strict, check_only=True)
         missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        problems = []
+        unexpected = [k for k in state if k not in own and k not in buffers]
         if strict and missing:
             problems.append(f"missing keys {missing}")
         if strict and unexpected:
@@ -293,6 +354,7 @@ class Module:
             raise ValueError(f"load_state_dict for {type(self).__name__}: " + "; ".join(problems))
         for key, value in converted.items():
             own[key]._assign(value)
+        _load_buffers(buffers, state, strict, check_only=False)
 
     @property
     def dtype(self) -> type:
@@ -377,6 +439,10 @@ float64): convert the whole model with model.to(np.float32) or model.to(np.float
             for p in self.parameters():
                 if p.dtype != target:
                     p._retype(target)
+            for module in self.modules():  # floating-point buffers follow, as in PyTorch
+                for name, b in module._buffers.items():
+                    if b.dtype.kind == "f" and b.dtype != target:
+                        module._buffers[name] = b.astype(target)
         if where is not None and where != "cpu":
             self._move(where)
         return self

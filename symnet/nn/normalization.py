@@ -17,6 +17,7 @@ import numbers
 import numpy as np
 import sympy as sp
 
+from codegen.expr import Elementwise
 from symnet.nn.module import Module
 from symnet.nn.parameter import Parameter, check_dtype
 from symnet.nn.value import Value, _combine, elementwise
@@ -141,3 +142,82 @@ class RMSNorm(Module):
         eps = self.eps if self.eps is not None else float(np.finfo(dtype).eps)
         xhat = _normalise(x, eps, centre=False)
         return _scaled(self, x, xhat, "rms")
+
+
+class BatchNorm1d(Module):
+    """``y = (x − E[x]) / √(Var[x] + ε) ⊙ γ + β`` over the batch, per feature, as PyTorch's
+    ``nn.BatchNorm1d(d)`` on (N, d) input.
+
+    Training: the batch's mean and biased variance normalise, and the running statistics
+    follow ``r ← (1 − momentum)·r + momentum·s`` (the variance unbiased, ``N/(N − 1)``);
+    ``num_batches_tracked`` counts the calls.  Eval: the running statistics normalise.
+    Without ``track_running_stats`` the batch statistics are used in both modes.
+
+    Example:
+        >>> import symnet as sn
+        >>> list(sn.BatchNorm1d(3).state_dict())
+        ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, dtype=np.float32):
+        super().__init__()
+        self.in_features = self.num_features = _width(num_features, "BatchNorm1d")
+        self.eps = _eps(eps, "BatchNorm1d")
+        if momentum is None or not isinstance(momentum, numbers.Real) or \
+                isinstance(momentum, bool) or not 0 <= momentum <= 1:
+            raise ValueError(f"BatchNorm1d: momentum must be a number in [0, 1], got "
+                             f"{momentum!r} (None, PyTorch's cumulative average, is not "
+                             "supported)")
+        self.momentum = float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        dtype = check_dtype(dtype)
+        d = self.num_features
+        if self.affine:
+            self.weight = Parameter(np.ones(d, dtype))
+            self.bias = Parameter(np.zeros(d, dtype))
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(d, dtype))
+            self.register_buffer("running_var", np.ones(d, dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+    def __repr__(self) -> str:
+        return f"BatchNorm1d({self.extra_repr()})"
+
+    def forward(self, x: Value) -> Value:
+        _check(x, self.num_features, self)
+        t = x.trace
+        if self.track_running_stats and not self.training:
+            mean = Value(t.buffer(self, "running_mean", "running_mean"), t)
+            var = Value(t.buffer(self, "running_var", "running_var"), t)
+            xc = _combine(x, mean, -1, name="xc")
+            e = sp.Float(self.eps)
+            rstd = elementwise(lambda v: 1 / sp.sqrt(v + e), var, name="rstd")
+            xhat = elementwise(lambda a, r: a * r, xc, rstd, name="xhat")
+            return _scaled(self, x, xhat, "bn")
+        mu = x.mean("samples", base="mu")
+        xc = _combine(x, mu, -1, name="xc")
+        var = elementwise(lambda a: a**2, xc, name="sq").mean("samples", base="var")
+        e = sp.Float(self.eps)
+        rstd = elementwise(lambda v: 1 / sp.sqrt(v + e), var, name="rstd")
+        xhat = elementwise(lambda a, r: a * r, xc, rstd, name="xhat")
+        if self.track_running_stats:
+            self._follow(t, mu, var)
+        return _scaled(self, x, xhat, "bn")
+
+    def _follow(self, t, mu: Value, var: Value) -> None:
+        """The running statistics' updates (after the step's finite check)."""
+        m = sp.nsimplify(self.momentum, rational=True)
+        N = t.inputs.shape[1]  # noqa: N806 - the batch size, as the equations name it
+        for name, stat, factor in (("running_mean", mu, 1), ("running_var", var, N / (N - 1))):
+            buffer = t.buffer(self, name, name)
+            a, b = sp.symbols("_e0 _e1", real=True)
+            body = sp.Lambda((a, b), (1 - m) * a + m * factor * b)
+            t.update(buffer, Elementwise(body, buffer, stat.expr))
+        t.counted.append(self)
+        t.min_batch = 2

@@ -47,10 +47,18 @@ class Trace:
         self.forward: list[sp.Eq] = []
         self.params: dict[str, str] = {}  # symbol name → state-dict key
         self.masks: list[Mask] = []
+        self.buffers: dict[str, str] = {}  # buffer symbol name → state-dict key
+        #: in-place updates of buffers (running statistics), ``buffer ← formula``
+        self.updates: list[sp.Eq] = []
+        #: modules whose ``num_batches_tracked`` counts each training call
+        self.counted: list = []
+        self.min_batch = 1
         self.layer = 0  # the seed's layer index: the number of Linear layers so far
         self.used: set[str] = set(RESERVED)
         self._symbols: dict[int, sp.MatrixSymbol] = {}  # id(Parameter) → its symbol
         self._keys = {id(p): k for k, p in model.named_parameters()}
+        self._buffer_keys = {(id(m), name): (f"{k}.{name}" if k else name)
+                             for k, m in model.named_modules() for name in m._buffers}
         self._where = {id(m): k for k, m in model.named_modules()}
         self.path: list[str] = []  # the modules being traced, outermost first
         self.inputs = sp.MatrixSymbol("X", features, N)
@@ -101,6 +109,23 @@ class Trace:
             self._symbols[id(parameter)] = sp.MatrixSymbol(name, *shape)
             self.params[name] = key
         return self._symbols[id(parameter)]
+
+    def buffer(self, module, name: str, base: str) -> sp.MatrixSymbol:
+        """The symbol of ``module``'s buffer ``name`` (a column, as a vector parameter)."""
+        key = self._buffer_keys.get((id(module), name))
+        if key is None:
+            raise ValueError(f"{self.where()}: buffer {name!r} is not registered in the model")
+        for symbol, known in self.buffers.items():
+            if known == key:
+                return sp.MatrixSymbol(symbol, module._buffers[name].size, 1)
+        symbol = self.name(base, numbered=True)
+        self.buffers[symbol] = key
+        return sp.MatrixSymbol(symbol, module._buffers[name].size, 1)
+
+    def update(self, buffer: sp.MatrixSymbol, rhs: sp.MatrixExpr) -> None:
+        """``buffer ← rhs``, run after the forward pass (and, in a train step, after the
+        finite check: a refused step leaves the buffer as it was)."""
+        self.updates.append(sp.Eq(buffer, rhs, evaluate=False))
 
     def mask(self, module, p: float, shape: tuple) -> sp.MatrixSymbol:
         """A new dropout mask of ``module``: a leaf the caller draws for every call."""

@@ -90,7 +90,7 @@ def derive(model: Module, loss: Loss, optimizer=None) -> Derivation:
         params = [(graph.symbol(name), gradients[name], key)
                   for name, key in graph.params.items()]
         updates = optimizer.updates(params)
-    return Derivation(graph, eqs, updates, optimizer)
+    return Derivation(graph, eqs, graph.updates + updates, optimizer)
 
 
 __all__ = ["derive", "backward", "gradient_symbol", "Elementwise"]

@@ -35,14 +35,16 @@ class Derivation:
         """Names assigned in place by the updates: parameters and optimizer buffers."""
         prefixes = getattr(self.optimizer, "state_prefixes", ())
         params = set(self.graph.params)
-        return params | {pre + name for pre in prefixes for name in params}
+        return params | {pre + name for pre in prefixes for name in params} | \
+            set(self.graph.buffers)
 
     def sections(self) -> list[tuple[str, list[tuple[str, sp.Eq]]]]:
         state = self.state_symbols()
         out = [("Forward", [("=", eq) for eq in self.forward]),
                ("Backward", [("=", eq) for eq in self.backward])]
         if self.updates:
-            title = f"Update ({type(self.optimizer).__name__})"
+            title = f"Update ({type(self.optimizer).__name__})" if self.optimizer else \
+                "Update (running statistics)"
             out.append((title, [("←" if eq.lhs.name in state else "=", eq)
                                 for eq in self.updates]))
         return out

@@ -46,6 +46,10 @@ class Graph:
     output: str = ""
     #: dropout masks: per-call inputs, drawn by whoever runs the equations
     masks: list[Mask] = field(default_factory=list)
+    #: buffers (running statistics): symbol name → state-dict key
+    buffers: dict[str, str] = field(default_factory=dict)
+    #: the buffers' in-place updates, ``buffer ← formula`` (after the forward pass)
+    updates: list[sp.Eq] = field(default_factory=list)
 
     def model_equations(self) -> list[sp.Eq]:
         """The forward equations of the model alone, up to its output."""
@@ -89,7 +93,8 @@ def build(model: Module, loss: Loss) -> Graph:
     if not t.forward:
         raise ValueError("the model has no layers")
     output = _add_loss(t, loss)
-    return Graph(t.forward, t.inputs, _target(t), loss, t.params, output, t.masks)
+    return Graph(t.forward, t.inputs, _target(t), loss, t.params, output, t.masks, t.buffers,
+                 t.updates)
 
 
 def _target(t: Trace) -> sp.MatrixSymbol:

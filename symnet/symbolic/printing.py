@@ -121,7 +121,7 @@ class TextPrinter(_Hadamard, StrPrinter):
                 parts.append("-")
                 continue
             wrap = isinstance(a, (sp.MatAdd, Elementwise)) and " " in s or \
-                (a.is_Rational and not a.is_Integer)
+                (not a.is_Matrix and not (a.is_Integer or a.is_Symbol))
             parts.append(f"({s})" if wrap else s)
         head = "-" if parts[:1] == ["-"] else ""
         return head + "·".join(parts[1:] if head else parts)

@@ -128,6 +128,7 @@ def stand_in(operand: sp.MatrixExpr, variable: sp.Symbol | None = None) -> sp.Ex
     """A scalar that prints as ``operand``: a named matrix's name as a symbol (with
     ``variable``'s assumptions, so a body rebuilds as it was built), else an ``_Operand``."""
     assumptions = variable.assumptions0 if variable is not None else {}
+    operand = broadcast_base(operand)  # b·1ᵀ reads as b, as the textbook writes it
     if isinstance(operand, sp.MatrixSymbol):
         return sp.Symbol(operand.name, **assumptions)
     return _Operand(operand, **assumptions)

@@ -16,9 +16,11 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sympy as sp
 
-from codegen.ir import Loop, MatMul
+from codegen.ir import I, J, Loop, MatMul, RowReduce, _arrays
 
 
 def fuse_loops(ops: tuple, keep: set[str]) -> tuple:
@@ -30,6 +32,36 @@ def fuse_loops(ops: tuple, keep: set[str]) -> tuple:
             last = merged.pop()
             op = Loop(op.space, last.assigns + op.assigns, formulas=last.formulas + op.formulas)
         merged.append(op)
+    return _localise(merged, keep)
+
+
+def fuse_row_totals(ops: tuple, keep: set[str]) -> tuple:
+    """A row total (`RowReduce`) of an entry-wise value that nothing else reads computes the
+    value itself: ``var = (1/d)·1ᵀ·(xc ⊙ xc)`` is one pass over each row, and ``xc ⊙ xc``
+    is never stored (its loop's assignment becomes a register, then dead)."""
+    ops = list(ops)
+    for k, op in enumerate(ops):
+        if not isinstance(op, RowReduce):
+            continue
+        for name in sorted(op.reads - keep):
+            writers = [n for n in range(k) if name in ops[n].writes]
+            readers = [n for n, o in enumerate(ops) if name in o.reads and n != k]
+            if not writers or readers and readers != [writers[-1]]:
+                continue
+            n = writers[-1]
+            loop = ops[n]
+            if not isinstance(loop, Loop) or loop.space != op.space:
+                continue
+            value = dict(loop.assigns)[name]
+            between = set().union(*(o.writes for o in ops[n + 1:k]))
+            if _arrays((value,)) & (between | loop.locals | {name}):
+                continue
+            op = replace(op, expr=op.expr.xreplace({sp.IndexedBase(name)[I, J]: value}))
+            ops[k] = op
+    return _localise(ops, keep)
+
+
+def _localise(merged: list, keep: set[str]) -> tuple:
     result = []
     for k, op in enumerate(merged):
         if isinstance(op, Loop):

@@ -31,7 +31,7 @@ from codegen.expr import (
     Total,
     broadcast_base,
 )
-from codegen.fusion import fuse_gemm_updates, fuse_loops
+from codegen.fusion import fuse_gemm_updates, fuse_loops, fuse_row_totals
 from codegen.ir import (
     Buffer,
     CheckFinite,
@@ -224,8 +224,9 @@ def _column_totals(scale, M: sp.MatrixExpr, lhs, ctx) -> None:
     stand_in = sp.MatrixSymbol(f"{lhs.name}_entries", *M.shape)
     ctx.buffer(lhs)
     expr = _entry(ctx, M, stand_in)
+    shown = "" if scale == 1 else f"{scale}·"
     ctx.ops.append(RowReduce(lhs.name, (ctx.batch, M.shape[0]), expr, scale,
-                             f"{lhs} = {scale}·1ᵀ·{M}"))
+                             f"{lhs} = {shown}1ᵀ·{M}"))
 
 
 def _entry(ctx: _Context, term: sp.MatrixExpr, result: sp.MatrixSymbol) -> sp.Expr:
@@ -279,10 +280,11 @@ def _is_broadcast_column(term) -> bool:
 
 
 def _is_sum(term) -> bool:
-    """``M·1`` or ``1ᵀ·M``: a reduction, lowered into a buffer of its own."""
-    if not isinstance(term, sp.MatMul) or broadcast_base(term) is not term:
+    """``M·1`` or ``1ᵀ·M`` (scaled or not): a reduction, lowered into a buffer of its own."""
+    if not isinstance(term, sp.MatMul):
         return False
-    return len(_coefficient(term)[1]) == 2
+    factors = _coefficient(term)[1]
+    return len(factors) == 2 and (_ones(factors[1], cols=1) or _ones(factors[0], rows=1))
 
 
 def _is_product(term) -> bool:
@@ -366,6 +368,7 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
     if guard_at is not None:
         ctx.ops.insert(len(ctx.ops) if split is None else split, _guard(ctx, split, keep, returns))
     ops = fuse_loops(tuple(ctx.ops), set(keep) | set(leading))
+    ops = fuse_row_totals(ops, set(keep) | set(leading))
     if gemm_updates:
         ops = fuse_gemm_updates(ops, set(keep) | set(leading))
     arrays: list[str] = list(leading)

@@ -351,3 +351,20 @@ def test_checkpoint_carries_buffers_and_resumes_bit_identically(tmp_path):
         step2(X, y)
     for key, value in resumed.state_dict().items():
         np.testing.assert_array_equal(value, expected[key], err_msg=key)
+
+
+def test_residual_paths_are_joins_in_the_diagram():
+    class Residual(sn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = sn.Linear(3, 3)
+
+        def forward(self, x):
+            return x + sn.tanh(self.fc(x))
+
+    d = sn.derive(sn.Sequential(sn.Linear(2, 3), Residual(), sn.Linear(3, 2)), sn.MSELoss())
+    edges = {tuple(part.split('[')[0].strip() for part in line.split("-->"))
+             for line in d.mermaid().splitlines() if "-->" in line}
+    assert {("Z1", "H1"), ("A2", "H1")} <= edges  # the forward join: x + f(x)
+    assert {("dH1", "dZ1"), ("dZ2", "dZ1")} <= edges  # its gradient: the two paths add
+    assert "$$" in d._repr_latex_() and "```mermaid" in d._repr_markdown_()

@@ -94,6 +94,28 @@ def test_models():
                lambda o=over: tests.norm_block(o), {"size": 3})
 
 
+def layer_models():
+    """Models with their own forward: README's residual LayerNorm block + GLU
+    (examples/custom_layer.py) and each normalisation layer, in training and eval mode."""
+    import symnet as sn
+
+    spec = importlib.util.spec_from_file_location("custom_layer", ROOT / "examples" /
+                                                  "custom_layer.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    yield "README: 3-[LayerNorm residual block]-GLU-2 + cross-entropy", lambda: sn.derive(
+        sn.Sequential(sn.Linear(3, 4), example.Block(4, 6), example.GLU(4, 4),
+                      sn.Linear(4, 2)), sn.CrossEntropyLoss()), {}
+    layers = {"LayerNorm": lambda: sn.LayerNorm(3), "RMSNorm": lambda: sn.RMSNorm(3),
+              "BatchNorm1d": lambda: sn.BatchNorm1d(3), "Dropout": lambda: sn.Dropout(0.2)}
+    for name, make in layers.items():
+        for mode in ("train", "eval"):
+            def derive(make=make, mode=mode):
+                model = sn.Sequential(sn.Linear(3, 3), make(), sn.Tanh(), sn.Linear(3, 2))
+                return sn.derive(model.train(mode == "train"), sn.CrossEntropyLoss())
+            yield f"layer: 3-{name}-tanh-2 ({mode})", derive, {"size": 3}
+
+
 def _give_up(signum, frame):
     raise TimeoutError
 
@@ -135,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="stop a verify after this many seconds (0: never)")
     args = parser.parse_args(argv)
 
-    rows = [*cli_models(), *readme_models(), *([] if args.no_tests else test_models())]
+    rows = [*cli_models(), *readme_models(), *layer_models(),
+            *([] if args.no_tests else test_models())]
     rows = [row for row in rows if args.only in row[0]]
     print(f"d.verify() seconds: first call, then the median of {args.runs} more "
           f"(when the first took under {args.cheap:g} s)")

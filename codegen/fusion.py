@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import sympy as sp
 
-from codegen.ir import I, J, Loop, MatMul, RowReduce, _arrays
+from codegen.ir import I, J, Loop, MatMul, RowReduce, arrays_read
 
 
 def fuse_loops(ops: tuple, keep: set[str]) -> tuple:
@@ -54,7 +54,7 @@ def fuse_row_totals(ops: tuple, keep: set[str]) -> tuple:
                 continue
             value = dict(loop.assigns)[name]
             between = set().union(*(o.writes for o in ops[n + 1:k]))
-            if _arrays((value,)) & (between | loop.locals | {name}):
+            if arrays_read((value,)) & (between | loop.locals | {name}):
                 continue
             op = replace(op, expr=op.expr.xreplace({sp.IndexedBase(name)[I, J]: value}))
             ops[k] = op

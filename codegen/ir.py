@@ -21,7 +21,7 @@ Operand = tuple[str, bool]  # (array name, use its transpose)
 I, J = sp.symbols("i j", integer=True)  # noqa: E741 - the entry a loop body reads: [i, j]
 
 
-def _arrays(exprs) -> frozenset[str]:
+def arrays_read(exprs) -> frozenset[str]:
     """The names of the arrays ``exprs`` read (their ``sympy.Indexed`` bases)."""
     return frozenset(x.base.label.name for e in exprs for x in e.atoms(sp.Indexed))
 
@@ -98,7 +98,7 @@ class Loop(Op):
 
     @property
     def reads(self) -> frozenset[str]:
-        return _arrays(self.expressions) - self.locals
+        return arrays_read(self.expressions) - self.locals
 
     @property
     def writes(self) -> frozenset[str]:
@@ -140,7 +140,7 @@ class RowReduce(Op):
 
     @property
     def reads(self) -> frozenset[str]:
-        return _arrays((self.expr,))
+        return arrays_read((self.expr,))
 
     @property
     def writes(self) -> frozenset[str]:
@@ -190,7 +190,7 @@ class Reduce(Op):
 
     @property
     def reads(self) -> frozenset[str]:
-        return _arrays((self.expr,))
+        return arrays_read((self.expr,))
 
     @property
     def writes(self) -> frozenset[str]:

@@ -20,7 +20,7 @@ import sympy as sp
 from codegen.expr import Elementwise
 from symnet.nn.module import Module
 from symnet.nn.parameter import Parameter, check_dtype
-from symnet.nn.value import Value, _combine, elementwise
+from symnet.nn.value import Value, elementwise, subtract
 
 
 def _width(shape, layer: str) -> int:
@@ -63,7 +63,7 @@ def _normalise(x: Value, eps: float, centre: bool) -> Value:
     """``x̂ = (x − μ)/√(σ² + ε)`` over each sample's features (without μ: ``x/√(x̄² + ε)``)."""
     xc = x
     if centre:
-        xc = _combine(x, x.mean("features", base="mu"), -1, name="xc")
+        xc = subtract(x, x.mean("features", base="mu"), name="xc")
     var = elementwise(lambda a: a**2, xc, name="sq").mean("features",
                                                           base="var" if centre else "ms")
     e = sp.Float(eps)
@@ -195,13 +195,13 @@ class BatchNorm1d(Module):
         if self.track_running_stats and not self.training:
             mean = Value(t.buffer(self, "running_mean", "running_mean"), t)
             var = Value(t.buffer(self, "running_var", "running_var"), t)
-            xc = _combine(x, mean, -1, name="xc")
+            xc = subtract(x, mean, name="xc")
             e = sp.Float(self.eps)
             rstd = elementwise(lambda v: 1 / sp.sqrt(v + e), var, name="rstd")
             xhat = elementwise(lambda a, r: a * r, xc, rstd, name="xhat")
             return _scaled(self, x, xhat, "bn")
         mu = x.mean("samples", base="mu")
-        xc = _combine(x, mu, -1, name="xc")
+        xc = subtract(x, mu, name="xc")
         var = elementwise(lambda a: a**2, xc, name="sq").mean("samples", base="var")
         e = sp.Float(self.eps)
         rstd = elementwise(lambda v: 1 / sp.sqrt(v + e), var, name="rstd")

@@ -73,7 +73,9 @@ class Value:
 
     # --- construction ----------------------------------------------------------------------
     def _new(self, base: str, rhs: sp.MatrixExpr, numbered: bool = True) -> Value:
-        return Value(self.trace.emit(base, rhs, numbered), self.trace)
+        """A value for ``rhs``; one of as many rows keeps this value's per-sample shape."""
+        features = self.features if rhs.shape[0] == self.expr.shape[0] else None
+        return Value(self.trace.emit(base, rhs, numbered), self.trace, features)
 
     def _value(self, other) -> Value | None:
         """``other`` as a value of this trace (a parameter becomes its symbol); None for a
@@ -224,6 +226,11 @@ def broadcast(values: list[Value]) -> tuple[tuple, list[sp.MatrixExpr]]:
             raise ValueError(f"{v.trace.where()}: shapes {shapes} do not broadcast (a column "
                              f"(rows, 1) or a row (1, N) broadcasts to (rows, N))")
     return (rows, cols), operands
+
+
+def subtract(a: Value, b, name: str = "H") -> Value:
+    """``a − b`` (broadcast) as an equation named ``name`` (numbered): ``xc1 = Z1 − 1·mu1``."""
+    return _combine(a, b, -1, name)
 
 
 def _combine(a: Value, other, sign: int, name: str = "H") -> Value:

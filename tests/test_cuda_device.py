@@ -373,7 +373,9 @@ def test_without_a_gpu_to_cuda_says_so():
 
 
 def compile_forward_ptx() -> int:
-    """Compile every kernel of two forward programs for sm_90 (run without the simulator)."""
+    """Compile every kernel of four forward programs for sm_90 (run without the simulator):
+    a plain one in both dtypes, and one with LayerNorm, BatchNorm1d and Dropout in training
+    (batch statistics, running-statistic updates, a mask) and in eval (running statistics)."""
     from symnet.backends import kernels
     from symnet.symbolic.graph import N
 
@@ -384,6 +386,11 @@ def compile_forward_ptx() -> int:
                               sn.LogSoftmax()).to(dtype)
         _, program = kernels.forward_program(model)
         count += compile_to_ptx(program, N, dtype, "forward PTX test")
+    model = sn.Sequential(sn.Linear(4, 3), sn.LayerNorm(3), sn.BatchNorm1d(3), sn.Dropout(0.2),
+                          sn.Linear(3, 2))
+    for mode in (True, False):
+        _, program = kernels.forward_program(model.train(mode))
+        count += compile_to_ptx(program, N, np.float32, f"forward PTX test, training={mode}")
     return count
 
 

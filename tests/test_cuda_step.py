@@ -386,3 +386,106 @@ def test_normalisation_and_residual_layers_match_cpu(assert_close):
     expected = _state(ref_model, ref_opt)
     for name, array in _state(model, opt).items():
         assert_close(array, expected[name], 1e-10, name)
+
+
+class _NormBlock(sn.Module):
+    """A residual block around a LayerNorm: x + fc(gelu(norm(x)))."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.norm = sn.LayerNorm(d, dtype=np.float64)
+        self.fc = sn.Linear(d, d, dtype=np.float64)
+
+    def forward(self, x):
+        return x + self.fc(sn.gelu(self.norm(x)))
+
+
+def _batchnorm_dropout_model():
+    sn.manual_seed(0)
+    # No bias before the BatchNorm: its gradient is 0 up to rounding, which Adam amplifies.
+    model = sn.Sequential(sn.Linear(5, 4, bias=False), sn.BatchNorm1d(4, momentum=0.2),
+                          sn.Tanh(), _NormBlock(4), sn.Dropout(0.25),
+                          sn.Linear(4, 3)).to(np.float64)
+    return model, sn.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+
+
+def _steps(step, model, batches, seed=11):
+    """Losses and dropout masks of a step run over ``batches`` from symnet's ``seed``."""
+    sn.manual_seed(seed)
+    losses, masks = [], []
+    for X, y in batches:
+        losses.append(step(X, y))
+        masks.append(model[4].last_mask.copy())
+    return losses, masks
+
+
+@needs_cuda
+def test_batchnorm_dropout_layernorm_residual_model_matches_cpu(assert_close):
+    """Dropout masks drawn on the host from the same seed, BatchNorm's running statistics
+    updated on the device and back in the model after every step, as on the CPU (whose
+    values are checked against torch in test_layers)."""
+    (model, opt), (ref_model, ref_opt) = _batchnorm_dropout_model(), _batchnorm_dropout_model()
+    gpu = sn.compile(model.to("cuda"), sn.CrossEntropyLoss(), opt)
+    cpu = _cpu_step(ref_model, sn.CrossEntropyLoss(), ref_opt)
+    assert isinstance(gpu, CudaTrainStep)
+    batches = list(_batches("ce", "f64"))
+    losses, masks = _steps(gpu, model, batches)
+    ref_losses, ref_masks = _steps(cpu, ref_model, batches)
+    for k in range(STEPS):
+        assert np.array_equal(masks[k], ref_masks[k]), f"mask at step {k + 1}"
+        assert 0 < masks[k].sum() < masks[k].size
+        assert_close(losses[k], ref_losses[k], 1e-10, f"loss at step {k + 1}")
+    state, expected = model.state_dict(), ref_model.state_dict()  # no sync: reads are current
+    assert list(state) == list(expected)
+    assert state["1.num_batches_tracked"] == expected["1.num_batches_tracked"] == STEPS
+    for key in state:
+        assert_close(state[key], expected[key], 1e-10, key)
+    assert not np.array_equal(state["1.running_var"], np.ones(4))
+    expected_state = _state(ref_model, ref_opt)
+    for name, array in _state(model, opt).items():
+        assert_close(array, expected_state[name], 1e-10, name)
+
+    X, y = batches[0]
+    with pytest.raises(ValueError, match="more than 1 sample"):
+        gpu(X[:1], y[:1])
+    before = model.state_dict()
+    X, y, restore = _nan_parameter(model, X, y)  # the batch statistics become NaN
+    with pytest.raises(FloatingPointError), np.errstate(all="ignore"):
+        gpu(X, y)  # refused: the running statistics are left as they were too
+    restore()
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, before[key]), key
+
+    model.eval(), ref_model.eval()
+    X = np.random.default_rng(3).standard_normal((4, 5))
+    assert_close(model(X), ref_model(X), 1e-10, "eval forward (running statistics)")
+    model.to("cpu")
+    assert_close(model.state_dict()["1.running_mean"], expected["1.running_mean"], 1e-10,
+                 "running_mean after to('cpu')")
+
+
+@needs_cuda
+def test_training_forward_draws_masks_and_updates_running_stats_as_the_cpu(assert_close):
+    """``model(X)`` in training mode on the GPU: the CPU's masks from the same seed, the
+    running statistics updated once per call, and the eager backward (host kernels) uses
+    the masks that call drew."""
+    (model, _), (ref_model, _) = _batchnorm_dropout_model(), _batchnorm_dropout_model()
+    model.to("cuda")
+    X, y = next(_batches("ce", "f64"))
+    outputs, grads = [], []
+    for m in (model, ref_model):
+        sn.manual_seed(5)
+        out = m(X)
+        sn.CrossEntropyLoss()(out, y).backward()
+        outputs.append(out)
+        grads.append({k: p.grad for k, p in m.named_parameters()})
+    assert np.array_equal(model[4].last_mask, ref_model[4].last_mask)
+    assert_close(outputs[0], outputs[1], 1e-12, "training forward")
+    state, expected = model.state_dict(), ref_model.state_dict()
+    assert state["1.num_batches_tracked"] == 1
+    for key in ("1.running_mean", "1.running_var"):
+        assert_close(state[key], expected[key], 1e-12, key)
+    for key, grad in grads[0].items():
+        assert_close(grad, grads[1][key], 1e-12, f"grad {key}")
+    with pytest.raises(ValueError, match="more than 1 sample"):
+        model(X[:1])

@@ -5,7 +5,8 @@ Importing this package registers every backend in the device table (`symnet.nn.d
 (``@cuda.jit`` kernels, parameters kept on the GPU).  `mpi` runs the CPU kernels data-parallel
 over MPI ranks.  `step` holds what every train step shares and ``sn.compile``; `kernels`
 lowers derivations into compiled units, `step_index` finds them again on disk, `checks`
-guards every kernel's inputs, `threads` says how many threads a CPU step runs on.
+guards every kernel's inputs, `threads` says how many threads a CPU step runs on, `staging`
+packs what a GPU call sends besides the batch (dropout masks, running statistics).
 
 Example:
     >>> from symnet.nn.devices import BACKENDS

@@ -4,15 +4,18 @@
 such a model returns a `CudaTrainStep`: the same derivation and IR as the CPU's
 `symnet.backends.cpu.TrainStep`, rendered by `codegen.cuda` as ``@cuda.jit`` kernels, which update
 the parameters' device copies in place — each step sends the batch and brings back the loss,
-nothing else.  ``model(X)`` on a cuda model runs the forward kernels on the device
-(`forward`).
+nothing else (a model with Dropout or BatchNorm1d also sends its masks and running statistics
+and brings the statistics back: `symnet.backends.staging`).  ``model(X)`` on a cuda model runs
+the forward kernels on the device (`forward`).
 
 Who owns what: a parameter owns its device copy; the optimizer state a CUDA step keeps on
 the device is owned by the optimizer (its per-parameter state dicts become `DeviceState`)
 and registered with the parameter, so ``model.to("cpu")`` brings both home.  A step holds
 no device copies of its own, only per-batch temporaries: it borrows the parameters' and
 the optimizer's at every call, so nothing is uploaded twice, and a step keeps working after
-its model went to the CPU and back.  Host reads are always current: ``p.data``,
+its model went to the CPU and back.  BatchNorm's running statistics stay host arrays: a
+call uploads them with the dropout masks and downloads them after its kernels updated them
+(packed: one copy each way).  Host reads are always current: ``p.data``,
 ``model.state_dict()``, ``optimizer.state_dict()`` and ``optimizer.state[i][prefix]`` copy
 the values back when the device's are newer (once; later reads are free until the next
 step), and host writes reach the device before its next use.
@@ -45,6 +48,7 @@ from codegen.cache import load_module
 from codegen.ir import Program
 from symnet.backends import eager, kernels
 from symnet.backends.checks import check_inputs
+from symnet.backends.staging import Staging
 from symnet.backends.step import Step
 from symnet.nn.devices import register
 from symnet.nn.losses import Loss
@@ -252,6 +256,30 @@ def _temporaries(program: Program, accumulators: tuple[str, ...], leading: int, 
     return temps
 
 
+def _staging(program: Program, model: Module, batch: int, dtype) -> Staging:
+    """Room for what a call of ``program`` sends besides the batch: the dropout masks, drawn
+    on the host, and the running statistics, which it sends back once updated."""
+    t = kernels.traced(model)
+    names = [m.name for m in t.masks] + list(t.buffers)
+    shapes = {n: kernels.concrete_shape(program.buffers[n].shape, batch)
+              for n in names if n in program.arguments}
+    updated = tuple(dict.fromkeys(eq.lhs.name for eq in t.updates if eq.lhs.name in shapes))
+    return Staging(require(), shapes, dtype, returned=updated)
+
+
+def _stage(staging: Staging, model: Module, batch: int, dtype) -> tuple[dict, dict]:
+    """Draw this call's masks into ``staging`` (as the CPU does: same generator, same order),
+    copy the running statistics beside them and upload both; the masks and the statistics'
+    host arrays, by name."""
+    masks = kernels.draw_masks(model, batch, dtype, into=staging.host)
+    buffers = kernels.buffer_arrays(model)
+    for name, array in buffers.items():
+        if name in staging.host:
+            staging.host[name][...] = array
+    staging.send()
+    return masks, buffers
+
+
 def _compile(program: Program, dtype, tile: int, header: str) -> kernels.Unit:
     """Render ``program`` as CUDA kernels and their host driver, and import it."""
     source = render.render_module([program], N, dtype, tile, header=header)
@@ -274,8 +302,10 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
     """``model(X)`` for a cuda model: the forward kernels on the GPU, the output as numpy.
 
     The batch goes in and the output comes back; the parameters' device copies are only
-    read.  The output is remembered for the loss, as on the CPU, so the eager
-    ``loss_fn(model(X), y).backward()`` still works (its gradient kernels run on the host).
+    read.  In training mode Dropout draws its masks on the host and BatchNorm1d's running
+    statistics come back updated (`Staging`), as on the CPU.  The output is remembered for the
+    loss, as on the CPU, so the eager ``loss_fn(model(X), y).backward()`` still works (its
+    gradient kernels run on the host, with the same masks).
 
     Example:
         >>> import numpy as np, symnet as sn
@@ -288,7 +318,6 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
     dtype = model.dtype
     X = check_inputs(model, inputs, dtype)
     tile = default_tile() if tile is None else tile
-    kernels.refuse_dropout(model, "the CUDA forward")
     key = ("cuda-forward", kernels.structure_key(model, None, dtype), tile)
     if key not in kernels.UNITS:
         graph, program = kernels.forward_program(model)
@@ -301,15 +330,23 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
     arrays = {name: by_key[k]._storage.device(write=False) for name, k in
               unit.graph.params.items()}
     batch = X.shape[0]
+    kernels.check_batch(model, batch)
     if batch not in unit._buffers:  # the last batch size's temporaries only
-        unit._buffers = {batch: _temporaries(program, unit.accumulators, 1, batch, arrays,
-                                             dtype)}
-    arrays.update(unit._buffers[batch])
+        staging = _staging(program, model, batch, dtype)
+        unit._buffers = {batch: (_temporaries(program, unit.accumulators, 1, batch,
+                                              {**arrays, **staging.device}, dtype), staging)}
+    temporaries, staging = unit._buffers[batch]
+    arrays.update(temporaries)
+    arrays.update(staging.device)
+    masks, buffers = _stage(staging, model, batch, dtype)
     arrays[kernels.INPUT] = cuda.to_device(X)
     unit.functions["forward"](*(arrays[n] for n in program.arguments),
                               *(arrays[n] for n in unit.accumulators))
     output = arrays[unit.graph.output].copy_to_host()
-    eager.remember(output, model, X)
+    staging.receive(buffers)
+    kernels.after_training_call(model, batch)
+    # copies: the staging arrays are this unit's, and the next call draws into them
+    eager.remember(output, model, X, {n: m.copy() for n, m in masks.items()})
     return output
 
 
@@ -321,6 +358,14 @@ class CudaTrainStep(Step):
     `DeviceState`, which own theirs.  A call sends the batch and brings back the loss; host
     reads of parameters or optimizer state copy them back on demand, ``model.to("cpu")``
     brings everything home, and ``sync()`` does so now without leaving the GPU.
+
+    Dropout and BatchNorm1d: each call draws the masks on the host, exactly as the CPU step
+    does (a CPU and a CUDA step seeded alike draw the same masks), and sends them with the
+    running statistics in one upload; the kernels update the statistics on the device, and
+    one download brings them back into the model's buffers, so ``state_dict()`` is current
+    after every call (``num_batches_tracked`` counts on the host).  Cost per step: one upload
+    of N × features per Dropout and 2 × features per BatchNorm1d, one download of the latter;
+    a model without either sends nothing more.
 
     ``tile`` is the matmul tile edge (`default_tile`: 16, or 4 under the simulator).
     ``check_finite`` (the default) checks the loss and every gradient on the device before
@@ -336,14 +381,13 @@ class CudaTrainStep(Step):
         self.cuda = require()
         _on_device(model, "CudaTrainStep")
         super().__init__(model, loss, optimizer, check_finite=check_finite)
-        kernels.refuse_dropout(model, "the CUDA step")
         tile = default_tile() if tile is None else tile
         key = ("cuda-step", kernels.structure_key(model, loss, self.dtype), tile,
                kernels.update_signature(optimizer), self.check_finite)
         self.unit = self._unit(key, lambda: self._compile(tile))
         self.program = self.unit.programs["train_step"]
         self.function = self.unit.functions["train_step"]
-        self._batch_buffers: tuple[int, dict] | None = None
+        self._batch_buffers: tuple[int, dict, Staging] | None = None
         self._inputs: dict = {}  # the batch's device arrays, reused while the shape holds
         self._resident()  # uploads the optimizer state now, and checks dtypes and devices
 
@@ -392,12 +436,15 @@ class CudaTrainStep(Step):
         for mirror in self._mirrors().values():
             mirror.host(write=False)
 
-    def _buffers(self, batch: int, resident) -> dict:
-        """Temporaries on the device, allocated once per batch size."""
+    def _buffers(self, batch: int, resident) -> tuple[dict, Staging]:
+        """Temporaries on the device and the staging of masks and running statistics,
+        allocated once per batch size."""
         if self._batch_buffers is None or self._batch_buffers[0] != batch:
-            self._batch_buffers = (batch, _temporaries(self.program, self.unit.accumulators, 2,
-                                                       batch, resident, self.dtype))
-        return self._batch_buffers[1]
+            staging = _staging(self.program, self.model, batch, self.dtype)
+            temporaries = _temporaries(self.program, self.unit.accumulators, 2, batch,
+                                       {**resident, **staging.device}, self.dtype)
+            self._batch_buffers = (batch, temporaries, staging)
+        return self._batch_buffers[1:]
 
     def _upload(self, name: str, host: np.ndarray):
         """``host`` copied into this step's device array for ``name``, allocated once per
@@ -411,17 +458,23 @@ class CudaTrainStep(Step):
 
     def __call__(self, inputs, targets) -> float:
         X, Y = self._batch(inputs, targets, self.unit.outputs)
+        batch = X.shape[0]
+        kernels.check_batch(self.model, batch)
         resident = self._resident()
-        arrays = {**self._buffers(X.shape[0], resident), **resident}
+        temporaries, staging = self._buffers(batch, resident)
+        arrays = {**temporaries, **staging.device, **resident}
         for name, host in zip(self.program.arguments[:2], (X, Y)):
             arrays[name] = self._upload(name, host)
+        _, buffers = _stage(staging, self.model, batch, self.dtype)
         value = self.function(*(arrays[n] for n in self.program.arguments),
                               *self._scalars(self.program.scalars),
                               *(arrays[n] for n in self.unit.accumulators))
-        if not self.check_finite:
-            return self._finish(value)
-        value, finite = value
-        # No update kernel ran on a refused step: the device copies are as they were.
+        # No update kernel ran on a refused step: the device copies are as they were, and the
+        # running statistics come back as they were sent.
+        staging.receive(buffers)
+        value, finite = value if self.check_finite else (value, True)
+        if finite:
+            kernels.after_training_call(self.model, batch)
         wanted = not finite and self.loss.prediction_range is not None and "Yhat" in arrays
         return self._finish(value, finite, arrays["Yhat"].copy_to_host() if wanted else None)
 

@@ -196,6 +196,15 @@ def _rowsum():
     return [_eq(db, dZ * sp.OneMatrix(N, 1))], ("dZ",), {"db"}, None
 
 
+def _rowreduce():
+    """Each sample's mean square over its 4 features (RMSNorm's statistic): one pass per
+    stored row, the squares never stored."""
+    Z, ms = _m("Z", 4), _m("ms", 1)
+    rhs = sp.MatMul(sp.Rational(1, 4), sp.OneMatrix(1, 4), _ew(lambda z: z**2, Z),
+                    evaluate=False)
+    return [_eq(ms, rhs)], ("Z",), {"ms"}, None
+
+
 CASES = {
     "dense": (_dense, (6, 70)), "piecewise": (_piecewise, (6,)),
     "adam_matrix": (lambda: _adam(3, 4), (6,)), "adam_vector": (lambda: _adam(5, 1), (6,)),
@@ -203,7 +212,8 @@ CASES = {
     "log_softmax": (lambda: _row("log_softmax"), (6,)),
     "softmax_vjp": (lambda: _row("softmax_vjp"), (6,)),
     "log_softmax_vjp": (lambda: _row("log_softmax_vjp"), (6,)),
-    "rowsum": (_rowsum, (6, 300)), "cross_entropy": (_cross_entropy, (6, 300)),
+    "rowsum": (_rowsum, (6, 300)), "rowreduce": (_rowreduce, (6, 70)),
+    "cross_entropy": (_cross_entropy, (6, 300)),
     "mse": (_mse, (6,)), "vector_sum": (_vector_sum, (6,)),
 }
 
@@ -345,12 +355,21 @@ def test_rendered_module_restores_numpy_row_stack(monkeypatch, assert_close):
 
 
 def _ptx_programs():
-    """Single-op programs, every matmul variant, and two whole train steps (with the finite
-    check, so its kernel compiles in float32 and float64 too)."""
+    """Single-op programs, every matmul variant, and three whole train steps (with the
+    finite check, so its kernel compiles in float32 and float64 too), the last through a
+    BatchNorm1d (batch statistics, running-statistic updates), a residual LayerNorm block
+    (row statistics: `RowReduce`) and a Dropout (a mask input)."""
     import symnet as sn
     from symnet.backends import kernels
     from symnet.symbolic.backprop import derive
-    from symnet.symbolic.graph import N as batch
+
+    class Block(sn.Module):  # x + fc(gelu(norm(x)))
+        def __init__(self, d):
+            super().__init__()
+            self.norm, self.fc = sn.LayerNorm(d), sn.Linear(d, d)
+
+        def forward(self, x):
+            return x + self.fc(sn.gelu(self.norm(x)))
 
     programs = [(_program(case), np.float32) for case in CASES]
     shapes = {"A": Buffer("A", (3, 3)), "B": Buffer("B", (3, 3)), "C": Buffer("C", (3, 3))}
@@ -359,15 +378,17 @@ def _ptx_programs():
             op = MatMul("C", ("A", ta), ("B", tb))
             programs.append((Program(f"p{ta:d}{tb:d}", (op,), ("A", "B", "C"), (), shapes),
                              np.float64))
-    for act, loss, opt, dtype in ((sn.ReLU, sn.CrossEntropyLoss, sn.optim.Adam, np.float32),
-                                  (sn.Tanh, sn.MSELoss, sn.optim.SGD, np.float64)):
-        model = sn.Sequential(sn.Linear(5, 4), act(), sn.Linear(4, 3)).to(dtype)
-        optimizer = opt(model.parameters(), lr=0.1)
-        d = derive(model, loss(), optimizer)
-        leading, one_hot = kernels.target_arguments(loss())
-        eqs = d.forward + d.backward + d.updates
-        programs.append((lower("train_step", eqs, batch, leading, frozenset(d.state_symbols()),
-                               one_hot, guard_at=len(eqs) - len(d.updates)), dtype))
+    steps = (
+        ((sn.Linear(5, 4), sn.ReLU(), sn.Linear(4, 3)), sn.CrossEntropyLoss, sn.optim.Adam,
+         np.float32),
+        ((sn.Linear(5, 4), sn.Tanh(), sn.Linear(4, 3)), sn.MSELoss, sn.optim.SGD, np.float64),
+        ((sn.Linear(5, 4), sn.BatchNorm1d(4), sn.Tanh(), Block(4), sn.Dropout(0.25),
+          sn.Linear(4, 3)), sn.CrossEntropyLoss, sn.optim.AdamW, np.float32),
+    )
+    for layers, loss, opt, dtype in steps:
+        model = sn.Sequential(*layers).to(dtype)
+        d = derive(model, loss(), opt(model.parameters(), lr=0.1))
+        programs.append((kernels.step_program(d, loss(), check_finite=True), dtype))
     return programs
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from symnet.nn.module import Linear, Module
-from symnet.symbolic.graph import first_linear
+from symnet.nn.module import Module
+from symnet.nn.trace import input_layer
 
 
 def _array(value, where, what: str) -> np.ndarray:
@@ -69,13 +69,13 @@ def _convert(array: np.ndarray, dtype, where, what: str) -> np.ndarray:
     return converted
 
 
-def check_inputs(model: Module, inputs, dtype,
-                 first: tuple[str, Linear] | None = None) -> np.ndarray:
+def check_inputs(model: Module, inputs, dtype, first: tuple | None = None) -> np.ndarray:
     """A C-contiguous (N, in_features) array of ``dtype``, or ValueError/TypeError.
 
-    ``first`` is ``(key, layer)`` of the model's first Linear, when the caller knows it.
+    ``first`` is ``(key, layer)`` of the layer that fixes the input width
+    (`symnet.nn.trace.input_layer`), when the caller knows it.
     """
-    key, layer = first or first_linear(model)
+    key, layer = first or input_layer(model)
 
     def where() -> str:
         return f"{layer!r} (layer {key})"

@@ -29,11 +29,12 @@ from collections.abc import Callable
 import numpy as np
 
 from symnet.backends import kernels, step_index
-from symnet.backends.checks import check_inputs, check_targets, first_linear, not_finite_message
+from symnet.backends.checks import check_inputs, check_targets, not_finite_message
 from symnet.backends.threads import check_parallel
 from symnet.nn.devices import backend, check_device
 from symnet.nn.losses import Loss
 from symnet.nn.module import Module
+from symnet.nn.trace import input_layer
 from symnet.optim import Optimizer
 from symnet.symbolic.backprop import derive
 
@@ -50,9 +51,25 @@ class Step:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.dtype = model.dtype
         self.check_finite = bool(check_finite)
-        self._first = first_linear(model)
+        self._first = input_layer(model)
+        #: every module's mode when compiled: a step runs the equations of that mode
+        self._modes = self._mode_of(model)
         self._derivation = None
         self._hyper: tuple | None = None  # (optimizer.defaults, names, scalars) last seen
+
+    @staticmethod
+    def _mode_of(model: Module) -> tuple[bool, ...]:
+        return tuple(m.training for m in model.modules())
+
+    def _check_mode(self) -> None:
+        """A step compiled in one mode refuses to run in the other (dropout and batch
+        statistics differ): switch back with model.train()/eval(), or compile again."""
+        if self._mode_of(self.model) != self._modes:
+            was = "training" if self._modes[0] else "eval"
+            raise RuntimeError(f"{type(self).__name__}: this step was compiled with the model "
+                               f"in {was} mode, and its mode has changed since (dropout and "
+                               "batch statistics differ): switch it back with model.train() "
+                               "or model.eval(), or compile a step for the new mode")
 
     @property
     def derivation(self):
@@ -74,6 +91,7 @@ class Step:
 
     def _batch(self, inputs, targets, outputs: int) -> tuple[np.ndarray, np.ndarray]:
         """The checked batch: ``X`` (N, in_features) and the targets, in the model's dtype."""
+        self._check_mode()
         X = check_inputs(self.model, inputs, self.dtype, self._first)
         return X, check_targets(self.loss, targets, X.shape[0], outputs, self.dtype)
 

@@ -170,16 +170,21 @@ def trace(model, features: int | None = None) -> Trace:
     return t
 
 
-def input_width(model) -> int:
-    """The number of input features: ``in_features`` of the model or of its first
-    submodule (in registration order) that declares one."""
-    for _, module in model.named_modules():
+def input_layer(model) -> tuple[str, object]:
+    """``(key, module)`` of the first module (in registration order, the model itself
+    first) that declares ``in_features``: what fixes the input width."""
+    for key, module in model.named_modules():
         width = getattr(module, "in_features", None)
         if isinstance(width, (int, np.integer)) and not isinstance(width, bool):
-            return int(width)
+            return key, module
     raise ValueError(f"{type(model).__name__}: its input width is unknown: it has no Linear "
                      "or other layer with in_features (give the model an in_features "
                      "attribute)")
+
+
+def input_width(model) -> int:
+    """The number of input features (`input_layer`'s ``in_features``)."""
+    return int(input_layer(model)[1].in_features)
 
 
 def _shape(m: sp.MatrixExpr) -> str:

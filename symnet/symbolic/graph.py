@@ -18,7 +18,7 @@ import sympy as sp
 from codegen.expr import Elementwise, Softmax, Total
 from symnet.nn import losses
 from symnet.nn.losses import Loss
-from symnet.nn.module import Linear, Module
+from symnet.nn.module import Module
 from symnet.nn.trace import Mask, N, Trace, trace
 
 LOSS = sp.Symbol("L")
@@ -73,14 +73,6 @@ class Graph:
                 if s not in defined:
                     found.setdefault(s.name, s)
         return list(found.values())
-
-
-def first_linear(model: Module) -> tuple[str, Linear]:
-    """``(prefix, layer)`` of the model's first Linear (in registration order)."""
-    found = next(((k, m) for k, m in model.named_layers() if isinstance(m, Linear)), None)
-    if found is None:
-        raise ValueError(f"{type(model).__name__} has no Linear layer")
-    return found
 
 
 def build(model: Module, loss: Loss) -> Graph:

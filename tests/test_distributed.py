@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,29 +23,19 @@ import symnet as sn
 from symnet.app.train import TrainConfig, train
 from symnet.backends.mpi import DistributedStep, SingleProcess
 
-MPIEXEC = Path(sys.executable).with_name("mpiexec")
-needs_mpi = pytest.mark.skipif(
-    importlib.util.find_spec("mpi4py") is None or not MPIEXEC.exists(),
-    reason=f"needs mpi4py and mpiexec next to {sys.executable} (pip install 'symnet[mpi]')")
-
-SCRIPT = Path(__file__).parent / "mpi" / "dp_step.py"
-_spec = importlib.util.spec_from_file_location("dp_step", SCRIPT)
-dp_step = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dp_step)
+HERE = Path(__file__).parent / "mpi"
 
 
-def mpirun(ranks: int, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    """``mpiexec -n ranks python args…``; on a timeout the whole process group is killed."""
-    command = [str(MPIEXEC), "-n", str(ranks), sys.executable, *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"{' '.join(command)} hung for {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+launch, dp_step = _load("launch"), _load("dp_step")
+SCRIPT = HERE / "dp_step.py"
+mpirun, needs_mpi = launch.mpirun, launch.needs_mpi
 
 
 def reference(case: str) -> tuple[dict, list[float]]:

@@ -144,15 +144,17 @@ def refuse_dropout(model: Module, where: str) -> None:
                                   "train this model on the CPU")
 
 
-def draw_masks(model: Module, batch: int, dtype, into: dict | None = None) -> dict:
+def draw_masks(model: Module, batch: int, dtype, into: dict | None = None,
+               rng: np.random.Generator | None = None) -> dict:
     """A fresh dropout mask for every `Dropout` the model's forward uses in training, by
-    argument name, from symnet's generator (`symnet.manual_seed`); written into the arrays
-    of ``into`` when given (a compiled step's buffers).  Each layer keeps a copy of its
-    mask as ``last_mask``."""
+    argument name, from ``rng`` (by default symnet's generator, `symnet.manual_seed`);
+    written into the arrays of ``into`` when given (a compiled step's buffers).  Each layer
+    keeps a copy of its mask as ``last_mask``."""
     _forward_key(model)
+    rng = module_rng() if rng is None else rng
     masks = {}
     for mask in traced(model).masks:
-        drawn = mask.draw(module_rng(), batch, dtype)
+        drawn = mask.draw(rng, batch, dtype)
         if into is not None:
             into[mask.name][...] = drawn
             drawn = into[mask.name]
@@ -277,6 +279,32 @@ def model_unit(model: Module, loss: Loss | None, dtype, parallel: bool = False) 
             programs.append(lower("gradients", graph.forward + backward(graph), N, leading,
                                   grads | {graph.output}, one_hot))
         UNITS[key] = compile_unit(programs, dtype, parallel, f"symnet kernels for {model!r}")
+        UNITS[key].graph = graph
+    return UNITS[key]
+
+
+def shard_unit(model: Module, loss: Loss, dtype, parallel: bool | str = False) -> Unit:
+    """``shard_gradients(X, target, …) -> L``: a data-parallel rank's kernel.  The gradients
+    of its shard, then the running statistics' updates from the shard's own batch statistics,
+    written in place into the arrays passed for the buffers (`symnet.backends.mpi` passes
+    copies and keeps rank 0's only once the reduced gradients pass the finite check).
+
+    Example:
+        >>> import numpy as np, symnet as sn
+        >>> m = sn.Sequential(sn.Linear(3, 4), sn.BatchNorm1d(4))
+        >>> args = shard_unit(m, sn.MSELoss(), np.float64).programs["shard_gradients"].arguments
+        >>> [a for a in args if a.startswith("running")]
+        ['running_mean1', 'running_var1']
+    """
+    key = ("shard", structure_key(model, loss, dtype), parallel)
+    if key not in UNITS:
+        graph = build(model, loss)
+        leading, one_hot = target_arguments(loss)
+        grads = frozenset(gradient_symbol(graph.symbol(p)).name for p in graph.params)
+        program = lower("shard_gradients", graph.forward + backward(graph) + graph.updates, N,
+                        leading, grads | {graph.output} | set(graph.buffers), one_hot)
+        UNITS[key] = compile_unit([program], dtype, parallel,
+                                  f"symnet data-parallel kernels for {model!r}")
         UNITS[key].graph = graph
     return UNITS[key]
 

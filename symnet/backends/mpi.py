@@ -1,10 +1,13 @@
 """Data-parallel training on MPI: every rank runs the compiled gradient kernel on its shard
 of the global batch, one ``Allreduce`` sums all gradients and the loss, and every rank then
 applies the same compiled optimizer update, so the parameters stay identical everywhere.
+Dropout and BatchNorm work as under PyTorch's DDP without SyncBatchNorm: each rank draws its
+own shard's masks and normalises with its own shard's statistics, and rank 0's running
+statistics are kept on every rank (`DistributedStep`).
 
 Run under ``mpiexec -n 2 python -m mpi4py script.py`` (``pip install 'symnet[mpi]'``).
 Outside ``mpiexec`` the world has one rank and a step is an ordinary training step (then
-mpi4py is not even needed).
+mpi4py is not even needed; only dropout masks come from the step's own `mask_generator`).
 
 Example:
     >>> import numpy as np, symnet as sn
@@ -32,7 +35,7 @@ from symnet.backends import kernels
 from symnet.backends.step import Step
 from symnet.backends.threads import check_parallel
 from symnet.nn.losses import Loss
-from symnet.nn.module import Module
+from symnet.nn.module import Module, generator
 from symnet.optim import Optimizer
 
 
@@ -111,19 +114,43 @@ def shard(batch: int, ranks: int, index: int) -> slice:
 
 
 def broadcast_parameters(model: Module, comm=None, root: int = 0) -> None:
-    """Copy rank ``root``'s parameters into every rank's model, in place, with one ``Bcast``.
+    """Copy rank ``root``'s parameters and buffers (BatchNorm's running statistics and
+    ``num_batches_tracked``) into every rank's model, in place, with one ``Bcast`` per dtype:
+    the model state PyTorch's ``DistributedDataParallel`` syncs when it is built.
 
     Example:
         >>> import symnet as sn
         >>> broadcast_parameters(sn.Sequential(sn.Linear(2, 2)))  # one rank: nothing changes
     """
-    params = model.parameters()
-    flat = np.concatenate([p.data.ravel() for p in params]) if params else np.empty(0)
-    world(comm).Bcast(flat, root=root)
-    offset = 0
-    for p in params:
-        p.data[...] = flat[offset:offset + p.data.size].reshape(p.shape)
-        offset += p.data.size
+    arrays = [p.data for p in model.parameters()] + model.buffers()
+    for dtype in dict.fromkeys(a.dtype for a in arrays):  # the same order on every rank
+        group = [a for a in arrays if a.dtype == dtype]
+        flat = np.concatenate([a.ravel() for a in group])
+        world(comm).Bcast(flat, root=root)
+        offset = 0
+        for a in group:
+            a[...] = flat[offset:offset + a.size].reshape(a.shape)
+            offset += a.size
+
+
+def mask_generator(comm=None) -> np.random.Generator:
+    """This rank's generator of dropout masks: child ``rank`` of ``SeedSequence(seed)``
+    (numpy's recipe for independent parallel streams), ``seed`` being one integer drawn from
+    rank 0's symnet generator (`symnet.manual_seed`).  Every rank draws that integer, so
+    ranks seeded alike stay alike, and uses rank 0's, so the masks of a run depend on rank
+    0's seed and the number of ranks only, as the broadcast initial parameters do.
+
+    Example:
+        >>> import symnet as sn
+        >>> sn.manual_seed(0); first = mask_generator().random()
+        >>> sn.manual_seed(0); bool(first == mask_generator().random())
+        True
+    """
+    comm = world(comm)
+    seed = np.array([generator().integers(2**63)], np.int64)
+    comm.Bcast(seed, root=0)
+    return np.random.default_rng(np.random.SeedSequence(int(seed[0]),
+                                                        spawn_key=(comm.Get_rank(),)))
 
 
 class DistributedStep(Step):
@@ -136,6 +163,21 @@ class DistributedStep(Step):
     global batch size the buffer holds exactly the one-process gradient and mean loss; a
     rank with an empty shard contributes zeros.  The compiled optimizer kernels then update
     every parameter.  Returns the global loss.
+
+    Models with Dropout and BatchNorm1d train as under PyTorch's ``DistributedDataParallel``
+    without ``SyncBatchNorm``.  Each rank draws its own shard's dropout masks from
+    ``generator`` (`mask_generator`: independent streams per rank, reproducible from rank
+    0's `symnet.manual_seed`; each Dropout keeps its rank's mask as ``last_mask``).
+    BatchNorm normalises each shard with that shard's statistics, and the kernel updates
+    copies of the running statistics from them; once the reduced gradients pass the finite
+    check, rank 0's copies are broadcast and kept on every rank, and every rank counts
+    ``num_batches_tracked`` once.  So after each step every rank holds the running
+    statistics rank 0 computed from its shard: rank 0's buffers are DDP's exactly (default
+    ``broadcast_buffers=True``, ``forward_sync_buffers`` since torch 2.13); DDP's other ranks
+    receive the same ones at the start of the next forward and until then hold their own
+    shard's update, which only an evaluation or a checkpoint between steps could see.
+    BatchNorm needs more than one sample on every rank (a smaller global batch raises
+    ValueError).
 
     An exception on any rank prints ``rank r: <error>`` to stderr and calls ``Abort(1)``
     (with more than one rank), so the job stops instead of hanging in the ``Allreduce``.
@@ -156,11 +198,12 @@ class DistributedStep(Step):
                              f"{moved[0][1]!r}: call model.to('cpu') first")
         check_parallel(parallel)
         super().__init__(model, loss, optimizer, check_finite=check_finite)
-        kernels.refuse_dropout(model, "the data-parallel step")
         self.comm = world(comm)
-        self.unit = kernels.model_unit(model, loss, self.dtype, parallel)
+        self.unit = kernels.shard_unit(model, loss, self.dtype, parallel)
         self.updates = kernels.optimizer_unit(optimizer, self.dtype)
-        self.program = self.unit.programs["gradients"]
+        self.program = self.unit.programs["shard_gradients"]
+        #: this rank's generator of dropout masks (`mask_generator`)
+        self.generator = mask_generator(self.comm)
         self.outputs = int(self.unit.graph.target.shape[0])
         by_id = {id(p): name for name, key in self.unit.graph.params.items()
                  for k, p in model.named_parameters() if k == key}
@@ -171,6 +214,13 @@ class DistributedStep(Step):
         offsets = np.cumsum([0, *sizes])
         self.gradients = [self.buffer[a:b].reshape(p.shape)
                           for a, b, p in zip(offsets[:-1], offsets[1:], optimizer.params)]
+        # The running statistics the kernel reads and updates: copies in one flat array, so
+        # a refused step leaves the model's alone and one Bcast hands out rank 0's.
+        running = kernels.buffer_arrays(model)
+        self.statistics = np.zeros(sum(a.size for a in running.values()), self.dtype)
+        offsets = np.cumsum([0, *(a.size for a in running.values())])
+        self._running = {name: self.statistics[a:b].reshape(array.shape) for a, b, (name, array)
+                         in zip(offsets[:-1], offsets[1:], running.items())}
         self._arguments: dict[int, tuple] = {}
         self._count = 0  # this rank's shard of the last batch
         self.timings: dict[str, list[float]] | None = (
@@ -197,7 +247,7 @@ class DistributedStep(Step):
             return None
         bounds = np.array([np.inf, np.inf])  # (min, −max): one MIN reduction for both
         if self._count:
-            shard = self._arguments[self._count][1][arguments.index("Yhat")]
+            shard = self._arguments[self._count][2]["Yhat"]
             bounds[:] = np.nanmin(shard), -np.nanmax(shard)
         if self.comm.Get_size() > 1:
             self.comm.Allreduce(mpi().IN_PLACE, bounds, op=mpi().MIN)
@@ -207,11 +257,16 @@ class DistributedStep(Step):
         start = time.perf_counter()
         X, Y = self._batch(inputs, targets, self.outputs)
         batch = X.shape[0]
+        self._check_shards(batch)
         rows = shard(batch, self.comm.Get_size(), self.comm.Get_rank())
         count = self._count = rows.stop - rows.start
         self.buffer[:] = 0
+        for name, array in kernels.buffer_arrays(self.model).items():
+            self._running[name][...] = array
         if count:
-            value = self.unit.functions["gradients"](X[rows], Y[rows], *self._buffers(count))
+            arguments, named = self._buffers(count)
+            kernels.draw_masks(self.model, count, self.dtype, into=named, rng=self.generator)
+            value = self.unit.functions["shard_gradients"](X[rows], Y[rows], *arguments)
             self.buffer[-2] = value
             if self.loss.reduction == "mean":
                 self.buffer[:-1] *= count
@@ -232,26 +287,49 @@ class DistributedStep(Step):
             bool(np.isfinite(self.buffer).all())
         if finite:
             self._update()
+            self._keep_statistics(batch)
         if self.timings is not None:
             self.timings["allreduce"].append(reduced - reducing)
             self.timings["step"].append(time.perf_counter() - start)
         return float(self.buffer[-2]), finite
 
-    def _buffers(self, count: int) -> list[np.ndarray]:
-        """The gradient kernel's arguments after (X, target): parameters, views of the flat
-        buffer for their gradients, and intermediates allocated once per shard size."""
+    def _check_shards(self, batch: int) -> None:
+        """PyTorch's rule for batch statistics, on every rank's shard (each its own); without
+        them a rank may even have no samples."""
+        ranks, needed = self.comm.Get_size(), kernels.traced(self.model).min_batch
+        if ranks == 1:
+            kernels.check_batch(self.model, batch)
+        elif needed > 1 and batch // ranks < needed:
+            raise ValueError(f"{type(self.model).__name__}: BatchNorm in training mode "
+                             "normalises each rank's shard with its own statistics and needs "
+                             f"more than 1 sample on every rank; a global batch of {batch} "
+                             f"over {ranks} ranks leaves {batch // ranks} on rank {ranks - 1}")
+
+    def _buffers(self, count: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """The shard kernel's arguments after (X, target), and by name: parameters, views of
+        the flat buffer for their gradients, the running statistics' copies, and masks and
+        intermediates allocated once per shard size."""
         identity = [(id(p._host), p._host.shape) for p in self.optimizer.params]
         cached = self._arguments.get(count)
         if cached is None or cached[0] != identity:
-            fixed = {}
+            fixed = dict(self._running)
             for name, p, grad in zip(self._names, self.optimizer.params, self.gradients):
                 fixed[name], fixed["d" + name] = p.kernel_array(), grad
-            args = [fixed[n] if n in fixed else
-                    np.empty(kernels.concrete_shape(self.program.buffers[n].shape, count),
-                             self.dtype)
-                    for n in self.program.arguments[2:]]
-            cached = self._arguments[count] = (identity, args)
-        return cached[1]
+            named = {n: fixed[n] if n in fixed else
+                     np.empty(kernels.concrete_shape(self.program.buffers[n].shape, count),
+                              self.dtype)
+                     for n in self.program.arguments[2:]}
+            cached = self._arguments[count] = (identity, list(named.values()), named)
+        return cached[1], cached[2]
+
+    def _keep_statistics(self, batch: int) -> None:
+        """Rank 0's updated running statistics into every rank's model; count the batch."""
+        if self._running:
+            if self.comm.Get_size() > 1:
+                self.comm.Bcast(self.statistics, root=0)
+            for name, array in kernels.buffer_arrays(self.model).items():
+                array[...] = self._running[name]
+        kernels.after_training_call(self.model, batch)
 
     def _update(self) -> None:
         optimizer = self.optimizer

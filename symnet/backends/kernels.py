@@ -136,14 +136,6 @@ def check_batch(model: Module, batch: int) -> None:
                          "run one sample on the running statistics)")
 
 
-def refuse_dropout(model: Module, where: str) -> None:
-    """A clear error where dropout masks are not drawn yet (``where``: the backend)."""
-    t = traced(model)
-    if t.masks or t.buffers:
-        raise NotImplementedError(f"{where} does not run dropout or batch statistics yet: "
-                                  "train this model on the CPU")
-
-
 def draw_masks(model: Module, batch: int, dtype, into: dict | None = None,
                rng: np.random.Generator | None = None) -> dict:
     """A fresh dropout mask for every `Dropout` the model's forward uses in training, by

@@ -167,7 +167,7 @@ class Softmax(Module):
     Example:
         >>> import symnet as sn
         >>> sn.Softmax()
-        Softmax()
+        Softmax(dim=1)
     """
 
     name = "Softmax"
@@ -186,7 +186,7 @@ class LogSoftmax(Module):
     Example:
         >>> import symnet as sn
         >>> sn.LogSoftmax()
-        LogSoftmax()
+        LogSoftmax(dim=1)
     """
 
     name = "LogSoftmax"

@@ -312,6 +312,19 @@ def test_check_finite_off_emits_no_check_and_on_adds_one_kernel():
 
 
 @needs_cuda
+def _matches_cpu(setup, assert_close) -> None:
+    """Three steps of a model on the GPU and on the CPU from the same ``setup()``."""
+    (model, loss_fn, opt), (ref_model, ref_loss, ref_opt) = setup(), setup()
+    gpu = CudaTrainStep(model.to("cuda"), loss_fn, opt, tile=TILE)
+    cpu = _cpu_step(ref_model, ref_loss, ref_opt)
+    for k, (X, y) in enumerate(_batches("ce", "f64")):
+        assert_close(gpu(X, y), cpu(X, y), 1e-10, f"loss at step {k + 1}")
+    gpu.sync()
+    expected = _state(ref_model, ref_opt)
+    for name, array in _state(model, opt).items():
+        assert_close(array, expected[name], 1e-10, name)
+
+
 def test_a_module_used_twice_matches_cpu(assert_close):
     """A shared Linear's gradient is the sum over its two uses on the GPU as on the CPU
     (whose sum is checked against torch in test_reliability_params)."""
@@ -322,16 +335,8 @@ def test_a_module_used_twice_matches_cpu(assert_close):
                               sn.Linear(4, 3)).to(np.float64)
         return model, sn.CrossEntropyLoss(), sn.optim.Adam(model.parameters(), lr=0.01)
 
-    (model, loss_fn, opt), (ref_model, ref_loss, ref_opt) = setup(), setup()
-    gpu = CudaTrainStep(model.to("cuda"), loss_fn, opt, tile=TILE)
-    cpu = _cpu_step(ref_model, ref_loss, ref_opt)
-    for k, (X, y) in enumerate(_batches("ce", "f64")):
-        assert_close(gpu(X, y), cpu(X, y), 1e-10, f"loss at step {k + 1}")
-    gpu.sync()
-    expected = _state(ref_model, ref_opt)
-    for name, array in _state(model, opt).items():
-        assert_close(array, expected[name], 1e-10, name)
-    assert len(model.parameters()) == 6
+    _matches_cpu(setup, assert_close)
+    assert len(setup()[0].parameters()) == 6  # shared: counted once
 
 
 @needs_cuda
@@ -377,15 +382,7 @@ def test_normalisation_and_residual_layers_match_cpu(assert_close):
                               sn.Linear(4, 3)).to(np.float64)
         return model, sn.CrossEntropyLoss(), sn.optim.AdamW(model.parameters(), lr=0.01)
 
-    (model, loss_fn, opt), (ref_model, ref_loss, ref_opt) = setup(), setup()
-    gpu = CudaTrainStep(model.to("cuda"), loss_fn, opt, tile=TILE)
-    cpu = _cpu_step(ref_model, ref_loss, ref_opt)
-    for k, (X, y) in enumerate(_batches("ce", "f64")):
-        assert_close(gpu(X, y), cpu(X, y), 1e-10, f"loss at step {k + 1}")
-    gpu.sync()
-    expected = _state(ref_model, ref_opt)
-    for name, array in _state(model, opt).items():
-        assert_close(array, expected[name], 1e-10, name)
+    _matches_cpu(setup, assert_close)
 
 
 class _NormBlock(sn.Module):

@@ -66,6 +66,11 @@ def _normalise(x: Value, eps: float, centre: bool) -> Value:
         xc = subtract(x, x.mean("features", base="mu"), name="xc")
     var = elementwise(lambda a: a**2, xc, name="sq").mean("features",
                                                           base="var" if centre else "ms")
+    return _scaled_by_rstd(xc, var, eps)
+
+
+def _scaled_by_rstd(xc: Value, var: Value, eps: float) -> Value:
+    """``x̂ = xc ⊙ rstd`` with ``rstd = 1/√(var + ε)``, each its own equation."""
     e = sp.Float(eps)
     rstd = elementwise(lambda v: 1 / sp.sqrt(v + e), var, name="rstd")
     return elementwise(lambda a, r: a * r, xc, rstd, name="xhat")
@@ -195,17 +200,12 @@ class BatchNorm1d(Module):
         if self.track_running_stats and not self.training:
             mean = Value(t.buffer(self, "running_mean", "running_mean"), t)
             var = Value(t.buffer(self, "running_var", "running_var"), t)
-            xc = subtract(x, mean, name="xc")
-            e = sp.Float(self.eps)
-            rstd = elementwise(lambda v: 1 / sp.sqrt(v + e), var, name="rstd")
-            xhat = elementwise(lambda a, r: a * r, xc, rstd, name="xhat")
+            xhat = _scaled_by_rstd(subtract(x, mean, name="xc"), var, self.eps)
             return _scaled(self, x, xhat, "bn")
         mu = x.mean("samples", base="mu")
         xc = subtract(x, mu, name="xc")
         var = elementwise(lambda a: a**2, xc, name="sq").mean("samples", base="var")
-        e = sp.Float(self.eps)
-        rstd = elementwise(lambda v: 1 / sp.sqrt(v + e), var, name="rstd")
-        xhat = elementwise(lambda a, r: a * r, xc, rstd, name="xhat")
+        xhat = _scaled_by_rstd(xc, var, self.eps)
         if self.track_running_stats:
             self._follow(t, mu, var)
         return _scaled(self, x, xhat, "bn")

@@ -93,7 +93,8 @@ class TrainStep(Step):
             function = unit.functions["train_step"] if wide else self.function
             named = dict(zip(self.program.arguments, args))
             self._cache = (identity, function, args[2:], named)
-        kernels.draw_masks(self.model, batch, self.dtype, into=self._cache[3])
+        kernels.draw_masks(self.model, batch, self.dtype, into=self._cache[3],
+                           compiled=self._key[1][0])
         value = self._cache[1](X, Y, *self._cache[2], *self._scalars(self.program.scalars))
         if not self.check_finite:
             return self._finish(value)

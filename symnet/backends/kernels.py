@@ -117,12 +117,22 @@ def refuse_dropout(model: Module, where: str) -> None:
                                   "model on the CPU, or put it in eval mode (model.eval())")
 
 
-def draw_masks(model: Module, batch: int, dtype, into: dict | None = None) -> dict:
+def draw_masks(model: Module, batch: int, dtype, into: dict | None = None,
+               compiled: tuple | None = None) -> dict:
     """A fresh dropout mask for every `Dropout` the model's forward uses in training, by
     argument name, from symnet's generator (`symnet.manual_seed`); written into the arrays
     of ``into`` when given (a compiled step's buffers).  Each layer keeps a copy of its
-    mask as ``last_mask``."""
-    _forward_key(model)
+    mask as ``last_mask``.  ``compiled``: the forward key (`structure_key`'s first item) a
+    step was compiled for; a model whose equations are no longer those is refused."""
+    forward = _forward_key(model)
+    if compiled is not None and forward != compiled:
+        # e.g. model.eval() after compiling in training mode: the kernel would still apply
+        # the last masks drawn, silently
+        mode = "training" if model.training else "eval"
+        raise RuntimeError(f"the model's forward equations are not the ones this step was "
+                           f"compiled for (the model is in {mode} mode now; model.train() "
+                           "and model.eval() change them: Dropout draws masks only in "
+                           "training): restore its mode, or compile a step for it as it is")
     masks = {}
     for mask in _TRACED[model][2]:
         drawn = mask.draw(module_rng(), batch, dtype)

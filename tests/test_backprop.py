@@ -80,6 +80,16 @@ def test_first_layer_gets_no_input_gradient():
     assert "dX" not in _rhs(d) and "dY" not in _rhs(d)
 
 
+@pytest.mark.parametrize("first, gradients", [
+    (sn.Dropout(0.2), ["dZ1", "dW1", "db1"]),  # no dD1 = W1ᵀ·dZ1: a product a step saved
+    (sn.LayerNorm(3), ["dZ1", "dW1", "db1", "dln1", "dgamma_1", "dbeta_1"]),  # no dxhat1
+])
+def test_what_the_input_alone_makes_gets_no_gradient(first, gradients):
+    d = sn.derive(sn.Sequential(first, sn.Linear(3, 2)), sn.CrossEntropyLoss())
+    assert [eq.lhs.name for eq in d.backward] == gradients
+    assert d.verify()
+
+
 # --- any depth ---------------------------------------------------------------------------
 
 def _mlp(depth: int, width: int, activation=sn.ReLU, inputs: int | None = None, outputs=None):

@@ -370,19 +370,6 @@ def test_residual_paths_are_joins_in_the_diagram():
     assert "$$" in d._repr_latex_() and "```mermaid" in d._repr_markdown_()
 
 
-def test_a_step_runs_only_in_the_mode_it_was_compiled_in():
-    model = sn.Sequential(sn.Linear(3, 4), sn.Dropout(0.5), sn.Linear(4, 2))
-    step = sn.compile(model, sn.CrossEntropyLoss(), sn.optim.SGD(model.parameters(), lr=0.1))
-    X, y = np.ones((4, 3), np.float32), np.array([0, 1, 0, 1])
-    step(X, y)
-    model.eval()
-    np.testing.assert_array_equal(model(X), model(X))  # eval: no mask
-    with pytest.raises(RuntimeError, match="compiled with the model in training mode"):
-        step(X, y)
-    model.train()
-    step(X, y)
-
-
 def test_a_custom_model_checks_its_input_width_at_its_first_layer():
     model = sn.Sequential(sn.LayerNorm(3), sn.Linear(3, 2))
     with pytest.raises(ValueError, match=r"LayerNorm\(\(3,\).*got input with 4 features"):

@@ -161,6 +161,26 @@ def test_step_after_dtype_change_is_a_type_error():
         step(X, labels)
 
 
+def test_a_step_compiled_in_training_mode_refuses_the_model_in_eval_mode():
+    sn.manual_seed(0)
+    model = sn.Sequential(sn.Linear(IN, HIDDEN), sn.Dropout(0.5),
+                          sn.Linear(HIDDEN, OUT)).to(np.float64)
+    opt = sn.optim.SGD(model.parameters(), lr=0.1)
+    step = sn.compile(model, sn.CrossEntropyLoss(), opt)
+    X, labels = _data()
+    step(X, labels)
+    before, mask = [p.data.copy() for p in model.parameters()], model[1].last_mask
+    model.eval()  # its equations have no dropout now; the kernel would reuse the last mask
+    with pytest.raises(RuntimeError, match="compiled with the model in training mode"):
+        step(X, labels)
+    assert opt.step_count == 1
+    for p, kept in zip(model.parameters(), before):
+        np.testing.assert_array_equal(p.data, kept)
+    model.train()
+    step(X, labels)
+    assert opt.step_count == 2 and not np.array_equal(model[1].last_mask, mask)
+
+
 def test_load_state_dict_between_steps_is_seen_by_the_step(torch_mirror, assert_close):
     model = _model()
     opt = sn.optim.SGD(model.parameters(), lr=0.1)

@@ -2,7 +2,9 @@
 
 A fixed seed fixes everything: initial weights, the 80/20 split, the batch order.  The
 network is ``--layers`` widths and an activation, or a user's ``--model FILE.py:NAME`` (see
-`symnet.app.model_file`; the file runs after the seed is set).  The checkpoint carries the
+`symnet.app.model_file`; the file runs after the seed is set).  Steps run in training mode
+(Dropout draws its masks), scoring in eval mode (Dropout is the identity), so ``evaluate``
+gives the accuracy a run printed.  The checkpoint carries the
 architecture (or the model file's path and SHA-256), the feature scaling and, for a CSV
 file, the feature columns and class labels in its metadata, so ``evaluate`` rebuilds the
 model from the checkpoint alone (or it and the model file) and reads another CSV file by
@@ -22,7 +24,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -93,8 +96,32 @@ def check_writable(path: str, flag: str, in_place: bool = False) -> None:
 
 
 def accuracy(model: sn.Module, data: Dataset, scaling: dict) -> float:
-    """Fraction classified correctly (classification) or −MSE (regression)."""
-    return _score(model(scale(data.X, scaling)), data)
+    """Fraction classified correctly (classification) or −MSE (regression), in eval mode:
+    Dropout is the identity while scoring, and each module's mode is restored after."""
+    with evaluating(model):
+        return _score(model(scale(data.X, scaling)), data)
+
+
+@contextmanager
+def evaluating(model: sn.Module) -> Iterator[sn.Module]:
+    """``model`` in eval mode meanwhile; afterwards each module is in the mode it was in (so
+    a step compiled in training mode finds the same equations again).
+
+    Example:
+        >>> net = sn.Sequential(sn.Linear(2, 2), sn.Dropout(0.5))
+        >>> with evaluating(net):
+        ...     net.training, net[1].training
+        (False, False)
+        >>> net.training, net[1].training
+        (True, True)
+    """
+    modes = [(module, module.training) for _, module in model.named_modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 def _score(out: np.ndarray, data: Dataset) -> float:
@@ -249,6 +276,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, save: str 
     state = Progress(rng=rng.bit_generator.state)
     if resume:
         state = restore(save, config, blueprint, model, optimizer, per_epoch)
+    model.train()  # the step's kernel is the training mode's: Dropout draws its masks
     step = _compile(model, blueprint.loss_function(), optimizer, config.device,
                     config.distributed)
     scaling = scaling_of(train_set)

@@ -39,14 +39,19 @@ def backward(graph: Graph) -> list[sp.Eq]:
     # contributed: a parameter used in several places gets the sum, in forward order.
     uses = {s: sum(s in eq.rhs.atoms(sp.MatrixSymbol) for eq in forward)
             for s in graph.leaves() if s.name in graph.params}
-    defined = {eq.lhs.name for eq in forward}
+    # Only what a parameter flows into needs a gradient: none for the input X, nor for what
+    # is made of X alone (input dropout's D1 = X ⊙ M1 would cost a Wᵀ·dZ product a step).
+    flows = {s.name for s in uses}
+    for eq in forward:
+        if any(s.name in flows for s in eq.rhs.atoms(sp.MatrixSymbol)):
+            flows.add(eq.lhs.name)
     contributions: dict[sp.MatrixSymbol, list[sp.MatrixExpr]] = {}
     eqs: list[sp.Eq] = []
     prediction = next((eq for eq in forward if eq.lhs.name == "Yhat"), None)
 
     def collect(target: sp.Basic, contribution: sp.MatrixExpr) -> None:
-        if target not in uses and target.name not in defined:
-            return  # the input X, the target Y: no gradient wanted
+        if target.name not in flows:
+            return  # the input X, the target Y and what only they make: no gradient wanted
         parts = contributions.setdefault(target, [])
         parts.insert(0, contribution)  # the sweep runs backwards: keep the forward order
         if len(parts) == uses.get(target):

@@ -439,3 +439,38 @@ def test_the_seed_fixes_a_files_initial_weights(tmp_path, name):
         assert isinstance(result.blueprint, ModelFile) and result.optimizer.step_count == 1
         weights.append(result.model.state_dict()["0.weight"])
     assert np.array_equal(weights[0], weights[1]) and not np.array_equal(weights[0], weights[2])
+
+
+NORM_NETS = """
+import symnet as sn
+
+
+class Net(sn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = sn.Linear(64, 16)
+        self.norm = sn.BatchNorm1d(16)
+        self.drop = sn.Dropout(0.3)
+        self.out = sn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.out(self.drop(sn.relu(self.norm(self.fc(x)))))
+"""
+
+
+def test_resume_with_dropout_and_batchnorm_is_bit_identical(tmp_path, capsys):
+    """The checkpoint carries the running statistics (and num_batches_tracked) and the
+    generator the dropout masks come from, so a resumed run draws the same masks."""
+    nets = tmp_path / "norm_nets.py"
+    nets.write_text(NORM_NETS)
+    argv = ["train", *QUICK, "--model", f"{nets}:Net", "--epochs", "2"]
+    resumed, straight = tmp_path / "resumed.safetensors", tmp_path / "straight.safetensors"
+    assert run([*argv, "--max-steps", "7", "--save", resumed]) == 0
+    assert run([*argv, "--save", resumed, "--resume"]) == 0
+    assert run([*argv, "--save", straight]) == 0
+    capsys.readouterr()
+    (a, meta_a), (b, meta_b) = load_file(resumed), load_file(straight)
+    assert "model.norm.running_var" in a and int(a["model.norm.num_batches_tracked"]) == 24
+    assert list(a) == list(b) and meta_a == meta_b
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key

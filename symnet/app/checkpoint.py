@@ -33,6 +33,7 @@ from symnet.app.data import scale
 from symnet.app.model_file import ModelFile, ModelFileError
 from symnet.app.run import Blueprint, Progress, TrainConfig, TrainResult
 from symnet.app.schema import RunConfig, TrainingMeta, describe, parse, task_of
+from symnet.nn.module import generator
 
 #: What a resumed run must share with its checkpoint; ``epochs`` may grow, the device change.
 RESUME_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -56,8 +57,9 @@ def save_checkpoint(result: TrainResult, config: TrainConfig, path: str,
                     progress: Progress | None = None) -> None:
     """Model, optimizer state (with its step count), metadata and, if given, `Progress`."""
     meta = _metadata(result, config)
-    if progress is not None:
-        meta["progress"] = dataclasses.asdict(progress)
+    if progress is not None:  # with the generator the next dropout masks come from
+        meta["progress"] = {**dataclasses.asdict(progress),
+                            "masks": generator().bit_generator.state}
     sn.save({"model": result.model.state_dict(), "optimizer": result.optimizer.state_dict(),
              "meta": meta}, path)
 
@@ -85,8 +87,8 @@ def read(path: str | os.PathLike[str]) -> tuple[dict, TrainingMeta]:
 
 def check_tensors(tensors: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]],
                   dtype: str, what: str) -> None:
-    """Refuse ``tensors`` unless they are exactly ``shapes``' names and shapes, of ``dtype``,
-    and finite.  ``what`` starts the error (``"ck.safetensors: the model"``).
+    """Refuse ``tensors`` unless they are exactly ``shapes``' names and shapes, of ``dtype``
+    (or int64, a count), and finite.  ``what`` starts the error (``"ck.safetensors: the model"``).
 
     Example:
         >>> check_tensors({"w": np.ones(2)}, {"w": (3,)}, "float64", "x")
@@ -102,7 +104,8 @@ def check_tensors(tensors: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[
             continue
         if tensor.shape != tuple(shape):
             problems.append(f"{key!r} has shape {tensor.shape}, expected {tuple(shape)}")
-        elif tensor.dtype != np.dtype(dtype):
+        elif tensor.dtype != np.dtype(dtype) and tensor.dtype != np.int64:
+            # int64: a count kept beside the values (BatchNorm's num_batches_tracked)
             problems.append(f"{key!r} is {tensor.dtype}, expected {dtype}")
     if problems:
         more = f"; … {len(problems) - 4} more" if len(problems) > 4 else ""
@@ -243,6 +246,8 @@ def restore(path: str, config: TrainConfig, blueprint: Blueprint, model: sn.Modu
                      (progress.epoch - 1) * per_epoch + progress.batch, path)
     model.load_state_dict(bundle["model"])
     optimizer.load_state_dict(bundle["optimizer"])
+    if progress.masks is not None:  # the masks go on as they would have
+        generator().bit_generator.state = progress.masks.to_numpy()
     return Progress(progress.epoch, progress.batch, progress.rng.to_numpy(), progress.loss_sum,
                     [tuple(row) for row in progress.history])
 

@@ -233,6 +233,8 @@ class ProgressRecord:
     rng: RngState
     loss_sum: float
     history: tuple[tuple[int, float, float], ...]
+    #: symnet's generator (dropout masks) when the checkpoint was written; None before
+    masks: RngState | None = None
 
     def __post_init__(self) -> None:
         _at_least("epoch", self.epoch, 1)

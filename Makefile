@@ -30,6 +30,7 @@ bench: setup
 	$(PY) benchmarks/derive_speed.py
 	$(PY) benchmarks/parallel_threshold.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/residual_step.py
 	$(PY) benchmarks/mpi_scaling.py
 	$(PY) benchmarks/gemm_share.py
 

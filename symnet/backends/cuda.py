@@ -267,12 +267,16 @@ def _staging(program: Program, model: Module, batch: int, dtype) -> Staging:
     return Staging(require(), shapes, dtype, returned=updated)
 
 
-def _stage(staging: Staging, model: Module, batch: int, dtype) -> tuple[dict, dict]:
+def _stage(staging: Staging, model: Module, batch: int, dtype,
+           source=None) -> tuple[dict, dict]:
     """Draw this call's masks into ``staging`` (as the CPU does: same generator, same order),
     copy the running statistics beside them and upload both; the masks and the statistics'
-    host arrays, by name."""
-    masks = kernels.draw_masks(model, batch, dtype, into=staging.host)
-    buffers = kernels.buffer_arrays(model)
+    host arrays, by name.  ``source``: a step's trace (`kernels.draw_masks`)."""
+    source = model if source is None else source
+    if not staging.host:  # nothing to send: no dropout, no running statistics
+        return {}, {}
+    masks = kernels.draw_masks(source, batch, dtype, into=staging.host)
+    buffers = kernels.buffer_arrays(model, source)
     for name, array in buffers.items():
         if name in staging.host:
             staging.host[name][...] = array
@@ -459,13 +463,13 @@ class CudaTrainStep(Step):
     def __call__(self, inputs, targets) -> float:
         X, Y = self._batch(inputs, targets, self.unit.outputs)
         batch = X.shape[0]
-        kernels.check_batch(self.model, batch)
+        kernels.check_batch(self._trace, batch)
         resident = self._resident()
         temporaries, staging = self._buffers(batch, resident)
         arrays = {**temporaries, **staging.device, **resident}
         for name, host in zip(self.program.arguments[:2], (X, Y)):
             arrays[name] = self._upload(name, host)
-        _, buffers = _stage(staging, self.model, batch, self.dtype)
+        _, buffers = _stage(staging, self.model, batch, self.dtype, self._trace)
         value = self.function(*(arrays[n] for n in self.program.arguments),
                               *self._scalars(self.program.scalars),
                               *(arrays[n] for n in self.unit.accumulators))
@@ -474,7 +478,7 @@ class CudaTrainStep(Step):
         staging.receive(buffers)
         value, finite = value if self.check_finite else (value, True)
         if finite:
-            kernels.after_training_call(self.model, batch)
+            kernels.after_training_call(self._trace, batch)
         wanted = not finite and self.loss.prediction_range is not None and "Yhat" in arrays
         return self._finish(value, finite, arrays["Yhat"].copy_to_host() if wanted else None)
 

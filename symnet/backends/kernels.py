@@ -25,7 +25,7 @@ from codegen.lower import lower
 from symnet.nn.losses import Loss, MSELoss
 from symnet.nn.module import Module, Parameter
 from symnet.nn.module import generator as module_rng
-from symnet.nn.trace import trace
+from symnet.nn.trace import Trace, trace
 from symnet.optim import Optimizer
 from symnet.symbolic.backprop import backward, gradient_symbol
 from symnet.symbolic.graph import Graph, N, build
@@ -115,37 +115,46 @@ def traced(model: Module):
     return _TRACED[model][2]
 
 
-def buffer_arrays(model: Module) -> dict[str, np.ndarray]:
+def _trace_of(source) -> Trace:
+    """A compiled step passes the trace it was compiled from (its mode is checked, so it
+    holds): no walk over the model per call.  Anyone else passes the model."""
+    return source if isinstance(source, Trace) else traced(source)
+
+
+def buffer_arrays(model: Module, source=None) -> dict[str, np.ndarray]:
     """The arrays of the buffers the model's equations read or update, by symbol name
     (as stored: the kernels update running statistics in place)."""
+    t = _trace_of(model if source is None else source)
+    if not t.buffers:
+        return {}
     by_key = dict(model.named_buffers())
-    return {name: by_key[key] for name, key in traced(model).buffers.items()}
+    return {name: by_key[key] for name, key in t.buffers.items()}
 
 
-def after_training_call(model: Module, batch: int) -> None:
-    """What a training call does besides its kernels: count batches (BatchNorm)."""
-    for module in traced(model).counted:
+def after_training_call(source, batch: int) -> None:
+    """What a training call does besides its kernels: count batches (BatchNorm).
+    ``source``: the model, or the `Trace` a step was compiled from."""
+    for module in _trace_of(source).counted:
         module._buffers["num_batches_tracked"] += 1
 
 
-def check_batch(model: Module, batch: int) -> None:
+def check_batch(source, batch: int) -> None:
     """PyTorch's rule: batch statistics need more than one sample."""
-    if batch < traced(model).min_batch:
-        raise ValueError(f"{type(model).__name__}: BatchNorm in training mode needs more than "
+    if batch < _trace_of(source).min_batch:
+        raise ValueError("BatchNorm in training mode needs more than "
                          f"1 sample per batch, got {batch} (as PyTorch: use model.eval() to "
                          "run one sample on the running statistics)")
 
 
-def draw_masks(model: Module, batch: int, dtype, into: dict | None = None,
+def draw_masks(source, batch: int, dtype, into: dict | None = None,
                rng: np.random.Generator | None = None) -> dict:
     """A fresh dropout mask for every `Dropout` the model's forward uses in training, by
     argument name, from ``rng`` (by default symnet's generator, `symnet.manual_seed`);
     written into the arrays of ``into`` when given (a compiled step's buffers).  Each layer
     keeps a copy of its mask as ``last_mask``."""
-    _forward_key(model)
     rng = module_rng() if rng is None else rng
     masks = {}
-    for mask in traced(model).masks:
+    for mask in _trace_of(source).masks:
         drawn = mask.draw(rng, batch, dtype)
         if into is not None:
             into[mask.name][...] = drawn

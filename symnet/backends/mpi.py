@@ -261,11 +261,11 @@ class DistributedStep(Step):
         rows = shard(batch, self.comm.Get_size(), self.comm.Get_rank())
         count = self._count = rows.stop - rows.start
         self.buffer[:] = 0
-        for name, array in kernels.buffer_arrays(self.model).items():
+        for name, array in kernels.buffer_arrays(self.model, self._trace).items():
             self._running[name][...] = array
         if count:
             arguments, named = self._buffers(count)
-            kernels.draw_masks(self.model, count, self.dtype, into=named, rng=self.generator)
+            kernels.draw_masks(self._trace, count, self.dtype, into=named, rng=self.generator)
             value = self.unit.functions["shard_gradients"](X[rows], Y[rows], *arguments)
             self.buffer[-2] = value
             if self.loss.reduction == "mean":
@@ -296,9 +296,9 @@ class DistributedStep(Step):
     def _check_shards(self, batch: int) -> None:
         """PyTorch's rule for batch statistics, on every rank's shard (each its own); without
         them a rank may even have no samples."""
-        ranks, needed = self.comm.Get_size(), kernels.traced(self.model).min_batch
+        ranks, needed = self.comm.Get_size(), self._trace.min_batch
         if ranks == 1:
-            kernels.check_batch(self.model, batch)
+            kernels.check_batch(self._trace, batch)
         elif needed > 1 and batch // ranks < needed:
             raise ValueError(f"{type(self.model).__name__}: BatchNorm in training mode "
                              "normalises each rank's shard with its own statistics and needs "
@@ -327,9 +327,9 @@ class DistributedStep(Step):
         if self._running:
             if self.comm.Get_size() > 1:
                 self.comm.Bcast(self.statistics, root=0)
-            for name, array in kernels.buffer_arrays(self.model).items():
+            for name, array in kernels.buffer_arrays(self.model, self._trace).items():
                 array[...] = self._running[name]
-        kernels.after_training_call(self.model, batch)
+        kernels.after_training_call(self._trace, batch)
 
     def _update(self) -> None:
         optimizer = self.optimizer

@@ -54,6 +54,8 @@ class Step:
         self._first = input_layer(model)
         #: every module's mode when compiled: a step runs the equations of that mode
         self._modes = self._mode_of(model)
+        #: the trace the step's equations come from (masks, buffers, batch counts)
+        self._trace = kernels.traced(model)
         self._derivation = None
         self._hyper: tuple | None = None  # (optimizer.defaults, names, scalars) last seen
 

@@ -80,10 +80,13 @@ class TrainStep(Step):
         batch = X.shape[0]
         # Which arrays the parameters hold now (as stored: no device sync here), with their
         # shapes: an array reshaped in place is checked again before any kernel sees it.
-        kernels.check_batch(self._trace, batch)
-        buffers = kernels.buffer_arrays(self.model, self._trace)
         identity = (batch, [(id(p._host), p._host.shape, p._storage is None)
-                            for p in self.optimizer.params], [id(b) for b in buffers.values()])
+                            for p in self.optimizer.params])
+        buffers = {}
+        if self._stateful:  # dropout masks, running statistics, batch counts
+            kernels.check_batch(self._trace, batch)
+            buffers = kernels.buffer_arrays(self.model, self._trace)
+            identity += (tuple(id(b) for b in buffers.values()),)
         if self._cache is None or self._cache[0] != identity:
             state = kernels.step_state(self.model, self.optimizer, self.unit.params,
                                        self.dtype, "cpu")
@@ -96,12 +99,15 @@ class TrainStep(Step):
             function = unit.functions["train_step"] if wide else self.function
             named = dict(zip(self.program.arguments, args))
             self._cache = (identity, function, args[2:], named)
-        kernels.draw_masks(self._trace, batch, self.dtype, into=self._cache[3])
+        if self._stateful:
+            kernels.draw_masks(self._trace, batch, self.dtype, into=self._cache[3])
         value = self._cache[1](X, Y, *self._cache[2], *self._scalars(self.program.scalars))
-        finite = True
-        if self.check_finite:
-            value, finite = value
-        if finite:
+        if not self.check_finite:
+            if self._stateful:
+                kernels.after_training_call(self._trace, batch)
+            return self._finish(value)
+        value, finite = value
+        if finite and self._stateful:
             kernels.after_training_call(self._trace, batch)
         return self._finish(value, finite, None if finite else self._array("Yhat"))
 

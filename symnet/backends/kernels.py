@@ -109,6 +109,21 @@ def _forward_key(model: Module) -> tuple:
     return cached[1]
 
 
+def mode_matters(model: Module) -> bool:
+    """Whether ``model.train()`` and ``model.eval()`` give different equations (Dropout,
+    BatchNorm, a forward that reads ``self.training``); traced once in the other mode, and
+    every module's mode put back as it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    here = _forward_key(model)
+    try:
+        model.train(not model.training)
+        there = _forward_key(model)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return here != there
+
+
 def traced(model: Module):
     """The model's current `symnet.nn.trace.Trace` (masks, buffers, what counts batches)."""
     _forward_key(model)

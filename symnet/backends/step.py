@@ -56,6 +56,9 @@ class Step:
         self._modes = self._mode_of(model)
         #: the trace the step's equations come from (masks, buffers, batch counts)
         self._trace = kernels.traced(model)
+        t = self._trace
+        self._stateful = bool(t.masks or t.buffers or t.counted or t.min_batch > 1)
+        self._modules = list(model.modules()) if kernels.mode_matters(model) else []
         self._derivation = None
         self._hyper: tuple | None = None  # (optimizer.defaults, names, scalars) last seen
 
@@ -66,7 +69,7 @@ class Step:
     def _check_mode(self) -> None:
         """A step compiled in one mode refuses to run in the other (dropout and batch
         statistics differ): switch back with model.train()/eval(), or compile again."""
-        if self._mode_of(self.model) != self._modes:
+        if self._modules and tuple(m.training for m in self._modules) != self._modes:
             was = "training" if self._modes[0] else "eval"
             raise RuntimeError(f"{type(self).__name__}: this step was compiled with the model "
                                f"in {was} mode, and its mode has changed since (dropout and "

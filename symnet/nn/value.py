@@ -64,10 +64,6 @@ class Value:
         parameter."""
         return tuple(self.expr.shape)
 
-    @property
-    def batched(self) -> bool:
-        return self.expr.shape[1] == N
-
     def __repr__(self) -> str:
         return f"Value({self.expr}, shape={self.shape})"
 

@@ -374,3 +374,48 @@ def test_a_custom_model_checks_its_input_width_at_its_first_layer():
     model = sn.Sequential(sn.LayerNorm(3), sn.Linear(3, 2))
     with pytest.raises(ValueError, match=r"LayerNorm\(\(3,\).*got input with 4 features"):
         model(np.ones((2, 4), np.float32))
+
+
+class Tied(sn.Module):
+    """An autoencoder-style pair with tied weights: Wᵀ·tanh(W·x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_features = 4
+        self.W = sn.Parameter(np.random.default_rng(4).uniform(-0.5, 0.5, (3, 4)))
+
+    def forward(self, x):
+        return self.W.T @ sn.tanh(self.W @ x) - x.mean("samples") * 0.5
+
+
+def test_transposes_in_products_and_sample_means_match_torch():
+    model = Tied()
+    X = np.random.default_rng(5).normal(size=(6, 4))
+    out = model(X)
+    sn.MSELoss()(out, np.zeros((6, 4))).backward()
+    W = torch.tensor(model.W.data, requires_grad=True)
+    x = torch.tensor(X)
+    t_out = torch.tanh(x @ W.T) @ W - 0.5 * x.mean(0, keepdim=True)
+    (t_out**2).mean().backward()
+    np.testing.assert_allclose(out, t_out.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(model.W.grad, W.grad.numpy(), rtol=1e-10)
+
+
+def test_a_transpose_outside_a_product_and_a_bad_parameter_get_clear_errors():
+    class Transposed(Tied):
+        def forward(self, x):
+            return x + self.W.T @ (self.W @ x) + (self.W @ x).T.sum()
+
+    class Cube(sn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_features = 2
+            self.k = sn.Parameter(np.ones((2, 2, 2)))
+
+        def forward(self, x):
+            return self.k @ x
+
+    with pytest.raises(TypeError, match=r"transpose \(.T\) can only be a factor"):
+        sn.derive(Transposed(), sn.MSELoss())
+    with pytest.raises(ValueError, match=r"k: a parameter of shape \(2, 2, 2\)"):
+        sn.derive(Cube(), sn.MSELoss())

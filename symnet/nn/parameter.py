@@ -183,6 +183,12 @@ has shape (16, 4) (a parameter's shape is fixed: build a new layer for another s
         self._owner = state.get("owner")
         self._move(state["device"])
 
+    @property
+    def T(self) -> Transposed:  # noqa: N802 - torch's and numpy's name
+        """The transpose: in a traced ``forward``, a factor of a product (``self.W.T @ x``);
+        as an array, ``p.data.T``."""
+        return Transposed(self)
+
     def __array__(self, dtype=None, copy=None):
         values = self._read()
         return values if dtype is None else values.astype(dtype)
@@ -190,3 +196,16 @@ has shape (16, 4) (a parameter's shape is fixed: build a new layer for another s
     def __repr__(self) -> str:
         where = "" if self._storage is None else f", device={self._storage.name!r}"
         return f"Parameter(shape={self.shape}, dtype={self.dtype}{where})"
+
+
+class Transposed:
+    """``parameter.T``: symbolic in a traced ``forward``, ``parameter.data.T`` as an array."""
+
+    def __init__(self, parameter: Parameter):
+        self.parameter = parameter
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.parameter.data.T, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"{self.parameter!r}.T"

@@ -76,8 +76,10 @@ class Value:
     def _value(self, other) -> Value | None:
         """``other`` as a value of this trace (a parameter becomes its symbol); None for a
         Python number."""
-        from symnet.nn.parameter import Parameter  # noqa: PLC0415 - no cycle, just order
+        from symnet.nn.parameter import Parameter, Transposed  # noqa: PLC0415 - no cycle
 
+        if isinstance(other, Transposed):
+            return Value(self._value(other.parameter).expr.T, self.trace)
         if isinstance(other, Value):
             if other.trace is not self.trace:
                 raise ValueError("values from two different traces cannot be combined")

@@ -237,7 +237,7 @@ def test_integer_input_is_converted(small, assert_close):
 
 
 def test_model_without_a_linear_layer_is_a_value_error():
-    with pytest.raises(ValueError, match="no Linear layer"):
+    with pytest.raises(ValueError, match="input width is unknown: it has no Linear"):
         sn.Sequential(sn.Tanh())(np.ones((2, 3)))
 
 

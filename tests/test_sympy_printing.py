@@ -189,12 +189,16 @@ G, A = sp.MatrixSymbol("dA1", 3, N), sp.MatrixSymbol("A1", 3, N)
 u, v = sp.symbols("u v", real=True)
 
 
-def test_a_broadcast_operand_prints_as_its_expression_in_parentheses():
+def test_a_broadcast_operand_prints_as_the_matrix_it_repeats():
+    """``b·1ᵀ`` reads as ``b`` and ``1·r`` as ``r``, as the textbook writes them; any other
+    operand that is not a named matrix prints as its expression in parentheses."""
     e = Elementwise(sp.Lambda((u, v), u * (1 - v**2)), b * sp.OneMatrix(1, N),
                     sp.OneMatrix(3, 1) * r)
-    assert str(e) == "(b1*1)*(1 - (1*r)**2)"
-    assert sp.latex(e) == r"\left(b_{1} 1\right) \left(1 - \left(1 r\right)^{2}\right)"
-    assert sp.pretty(e).splitlines()[-1] == "(b₁⋅𝟙)⋅⎝1 - (𝟙⋅r) ⎠"
+    assert str(e) == "b1*(1 - r**2)"
+    assert sp.latex(e) == r"b_{1} \left(1 - r^{2}\right)"
+    WV = sp.MatrixSymbol("W", 3, 2) * sp.MatrixSymbol("V", 2, N)
+    product = Elementwise(sp.Lambda((u, v), u * (1 - v**2)), WV, sp.OneMatrix(3, 1) * r)
+    assert str(product) == "(W*V)*(1 - r**2)"
 
 
 def test_a_printed_sum_inside_a_product_is_parenthesised():

@@ -50,7 +50,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,11 +61,10 @@ _DROPPED_ENV = {k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2
 from train_step import (  # noqa: E402  (after the environment is cleaned, before NumPy)
     THREAD_VARS,
     blas_pools,
-    busy_cpu_s,
-    children_cpu_s,
     cpu_name,
     gemm_gflops,
     load_average,
+    run_json,
     taskset_cpu,
 )
 
@@ -105,21 +103,16 @@ def _parse(argv=None) -> argparse.Namespace:
 # the two models
 # ------------------------------------------------------------------------------------------
 def symnet_model(seed: int = 0):
-    """The benchmarked model in symnet, declared as in ``examples/custom_layer.py``."""
+    """The benchmarked model in symnet: ``examples/custom_layer.py``'s residual Block."""
+    import importlib.util
+
     import symnet as sn
 
-    class Block(sn.Module):
-        """x + fc2(gelu(fc1(norm(x)))): a residual path around a normalised MLP."""
-
-        def __init__(self, d, hidden):
-            super().__init__()
-            self.norm = sn.LayerNorm(d)
-            self.fc1 = sn.Linear(d, hidden)
-            self.fc2 = sn.Linear(hidden, d)
-
-        def forward(self, x):
-            return x + self.fc2(sn.gelu(self.fc1(self.norm(x))))
-
+    path = Path(__file__).resolve().parent.parent / "examples" / "custom_layer.py"
+    spec = importlib.util.spec_from_file_location("custom_layer", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    Block = example.Block  # noqa: N806 - a class
     sn.manual_seed(seed)
     return sn.Sequential(sn.Linear(IN, D), Block(D, HIDDEN), sn.Linear(D, OUT))
 
@@ -260,20 +253,7 @@ def compile_child(phase: str) -> dict:
 # parent
 # ------------------------------------------------------------------------------------------
 def run(command: list[str], env: dict, what: str) -> dict:
-    """A child's JSON result, its wall time, and ``other_cores``: how many cores other
-    processes kept busy on average meanwhile (the machine's busy time less the child's)."""
-    t, busy, own = time.perf_counter(), busy_cpu_s(), children_cpu_s()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800,
-                          check=False)
-    wall, busy_after = time.perf_counter() - t, busy_cpu_s()
-    if done.returncode != 0:
-        raise SystemExit(f"residual_step.py: the {what} child failed (exit "
-                         f"{done.returncode}):\n{done.stderr[-3000:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    out["wall_s"] = wall
-    out["other_cores"] = (None if busy is None or busy_after is None else
-                          max(0.0, (busy_after - busy - (children_cpu_s() - own)) / wall))
-    return out
+    return run_json(command, env, f"residual_step.py: the {what} child")
 
 
 def one_core_env(cache: str, cpu: int | None) -> tuple[list[str], dict]:

@@ -444,16 +444,22 @@ def children_cpu_s() -> float:
 
 
 def run_child(library: str, mode: str, spec: dict, cpu: int | None) -> dict:
-    """One child's results, plus ``other_cores``: how many cores other processes kept busy
-    on average meanwhile (the machine's busy time less the child's own)."""
+    """One child's results (`run_json`)."""
     command, env = child_command(library, mode, spec, cpu)
+    return run_json(command, env, f"train_step.py: the {LABEL[library]} child "
+                                  f"({MODE_LABEL[mode]})")
+
+
+def run_json(command: list[str], env: dict, what: str) -> dict:
+    """The JSON last line a child prints, its ``wall_s``, and ``other_cores``: how many
+    cores other processes kept busy on average meanwhile (the machine's busy time less the
+    child's own).  ``what`` names the child if it fails."""
     t, busy, own = time.perf_counter(), busy_cpu_s(), children_cpu_s()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800,
                           check=False)
     wall, busy_after = time.perf_counter() - t, busy_cpu_s()
     if done.returncode != 0:
-        raise SystemExit(f"train_step.py: the {LABEL[library]} child ({MODE_LABEL[mode]}) "
-                         f"failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
     out["wall_s"] = wall
     out["other_cores"] = (None if busy is None or busy_after is None else

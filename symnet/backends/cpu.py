@@ -104,11 +104,11 @@ class TrainStep(Step):
         value = self._cache[1](X, Y, *self._cache[2], *self._scalars(self.program.scalars))
         if not self.check_finite:
             if self._stateful:
-                kernels.after_training_call(self._trace, batch)
+                kernels.after_training_call(self._trace)
             return self._finish(value)
         value, finite = value
         if finite and self._stateful:
-            kernels.after_training_call(self._trace, batch)
+            kernels.after_training_call(self._trace)
         return self._finish(value, finite, None if finite else self._array("Yhat"))
 
 

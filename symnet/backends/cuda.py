@@ -54,6 +54,7 @@ from symnet.nn.devices import register
 from symnet.nn.losses import Loss
 from symnet.nn.module import Module
 from symnet.nn.parameter import Parameter
+from symnet.nn.trace import Trace
 from symnet.optim import Optimizer
 from symnet.symbolic.graph import N
 from symnet.version import __version__
@@ -256,10 +257,10 @@ def _temporaries(program: Program, accumulators: tuple[str, ...], leading: int, 
     return temps
 
 
-def _staging(program: Program, model: Module, batch: int, dtype) -> Staging:
-    """Room for what a call of ``program`` sends besides the batch: the dropout masks, drawn
-    on the host, and the running statistics, which it sends back once updated."""
-    t = kernels.traced(model)
+def _staging(program: Program, t: Trace, batch: int, dtype) -> Staging:
+    """Room for what a call of ``program`` (``t``'s equations) sends besides the batch: the
+    dropout masks, drawn on the host, and the running statistics, which it sends back once
+    updated."""
     names = [m.name for m in t.masks] + list(t.buffers)
     shapes = {n: kernels.concrete_shape(program.buffers[n].shape, batch)
               for n in names if n in program.arguments}
@@ -267,16 +268,15 @@ def _staging(program: Program, model: Module, batch: int, dtype) -> Staging:
     return Staging(require(), shapes, dtype, returned=updated)
 
 
-def _stage(staging: Staging, model: Module, batch: int, dtype,
-           source=None) -> tuple[dict, dict]:
+def _stage(staging: Staging, model: Module, t: Trace, batch: int,
+           dtype) -> tuple[dict, dict]:
     """Draw this call's masks into ``staging`` (as the CPU does: same generator, same order),
     copy the running statistics beside them and upload both; the masks and the statistics'
-    host arrays, by name.  ``source``: a step's trace (`kernels.draw_masks`)."""
-    source = model if source is None else source
+    host arrays, by name."""
     if not staging.host:  # nothing to send: no dropout, no running statistics
         return {}, {}
-    masks = kernels.draw_masks(source, batch, dtype, into=staging.host)
-    buffers = kernels.buffer_arrays(model, source)
+    masks = kernels.draw_masks(t, batch, dtype, into=staging.host)
+    buffers = kernels.buffer_arrays(model, t)
     for name, array in buffers.items():
         if name in staging.host:
             staging.host[name][...] = array
@@ -334,21 +334,22 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
     arrays = {name: by_key[k]._storage.device(write=False) for name, k in
               unit.graph.params.items()}
     batch = X.shape[0]
-    kernels.check_batch(model, batch)
+    t = kernels.traced(model)  # once: each look walks the model
+    kernels.check_batch(t, batch)
     if batch not in unit._buffers:  # the last batch size's temporaries only
-        staging = _staging(program, model, batch, dtype)
+        staging = _staging(program, t, batch, dtype)
         unit._buffers = {batch: (_temporaries(program, unit.accumulators, 1, batch,
                                               {**arrays, **staging.device}, dtype), staging)}
     temporaries, staging = unit._buffers[batch]
     arrays.update(temporaries)
     arrays.update(staging.device)
-    masks, buffers = _stage(staging, model, batch, dtype)
+    masks, buffers = _stage(staging, model, t, batch, dtype)
     arrays[kernels.INPUT] = cuda.to_device(X)
     unit.functions["forward"](*(arrays[n] for n in program.arguments),
                               *(arrays[n] for n in unit.accumulators))
     output = arrays[unit.graph.output].copy_to_host()
     staging.receive(buffers)
-    kernels.after_training_call(model, batch)
+    kernels.after_training_call(t)
     # copies: the staging arrays are this unit's, and the next call draws into them
     eager.remember(output, model, X, {n: m.copy() for n, m in masks.items()})
     return output
@@ -444,7 +445,7 @@ class CudaTrainStep(Step):
         """Temporaries on the device and the staging of masks and running statistics,
         allocated once per batch size."""
         if self._batch_buffers is None or self._batch_buffers[0] != batch:
-            staging = _staging(self.program, self.model, batch, self.dtype)
+            staging = _staging(self.program, self._trace, batch, self.dtype)
             temporaries = _temporaries(self.program, self.unit.accumulators, 2, batch,
                                        {**resident, **staging.device}, self.dtype)
             self._batch_buffers = (batch, temporaries, staging)
@@ -469,7 +470,7 @@ class CudaTrainStep(Step):
         arrays = {**temporaries, **staging.device, **resident}
         for name, host in zip(self.program.arguments[:2], (X, Y)):
             arrays[name] = self._upload(name, host)
-        _, buffers = _stage(staging, self.model, batch, self.dtype, self._trace)
+        _, buffers = _stage(staging, self.model, self._trace, batch, self.dtype)
         value = self.function(*(arrays[n] for n in self.program.arguments),
                               *self._scalars(self.program.scalars),
                               *(arrays[n] for n in self.unit.accumulators))
@@ -478,7 +479,7 @@ class CudaTrainStep(Step):
         staging.receive(buffers)
         value, finite = value if self.check_finite else (value, True)
         if finite:
-            kernels.after_training_call(self._trace, batch)
+            kernels.after_training_call(self._trace)
         wanted = not finite and self.loss.prediction_range is not None and "Yhat" in arrays
         return self._finish(value, finite, arrays["Yhat"].copy_to_host() if wanted else None)
 

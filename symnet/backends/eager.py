@@ -40,22 +40,24 @@ def forward(model: Module, inputs) -> np.ndarray:
     dtype = model.dtype
     X = check_inputs(model, inputs, dtype)
     unit = kernels.model_unit(model, None, dtype)
-    kernels.check_batch(model, X.shape[0])
-    masks = kernels.draw_masks(model, X.shape[0], dtype)
-    provided = {kernels.INPUT: X, **_parameters(unit, model), **masks}
+    t = kernels.traced(model)  # once: each look walks the model
+    kernels.check_batch(t, X.shape[0])
+    masks = kernels.draw_masks(t, X.shape[0], dtype)
+    provided = {kernels.INPUT: X, **_parameters(unit, model, t), **masks}
     args = unit.buffers("forward", X.shape[0], provided)
     unit.functions["forward"](*args)
-    kernels.after_training_call(model, X.shape[0])
+    kernels.after_training_call(t)
     output = unit.buffers("forward", X.shape[0], provided)[
         unit.programs["forward"].arguments.index(unit.graph.output)].copy()
     remember(output, model, X, masks)
     return output
 
 
-def _parameters(unit, model: Module) -> dict[str, np.ndarray]:
+def _parameters(unit, model: Module, t) -> dict[str, np.ndarray]:
+    """The arrays of the parameters and buffers ``unit``'s programs take, by name."""
     by_key = dict(model.named_parameters())
     return {**{name: by_key[key].kernel_array(fetch=True) for name, key in
-               unit.graph.params.items()}, **kernels.buffer_arrays(model)}
+               unit.graph.params.items()}, **kernels.buffer_arrays(model, t)}
 
 
 class LossValue:
@@ -95,7 +97,8 @@ def loss_value(loss, output, target) -> LossValue:
     unit = kernels.model_unit(model, loss, dtype)
     target_array = check_targets(loss, target, X.shape[0], output.shape[1], dtype)
     leading = unit.programs["gradients"].arguments[:2]
-    provided = {leading[0]: X, leading[1]: target_array, **_parameters(unit, model), **masks}
+    arrays = _parameters(unit, model, kernels.traced(model))
+    provided = {leading[0]: X, leading[1]: target_array, **arrays, **masks}
     args = unit.buffers("gradients", X.shape[0], provided)
     value = float(unit.functions["gradients"](*args))
     names = unit.programs["gradients"].arguments

@@ -130,38 +130,31 @@ def traced(model: Module):
     return _TRACED[model][2]
 
 
-def _trace_of(source) -> Trace:
-    """A compiled step passes the trace it was compiled from (its mode is checked, so it
-    holds): no walk over the model per call.  Anyone else passes the model."""
-    return source if isinstance(source, Trace) else traced(source)
-
-
-def buffer_arrays(model: Module, source=None) -> dict[str, np.ndarray]:
-    """The arrays of the buffers the model's equations read or update, by symbol name
-    (as stored: the kernels update running statistics in place)."""
-    t = _trace_of(model if source is None else source)
+def buffer_arrays(model: Module, t: Trace) -> dict[str, np.ndarray]:
+    """The arrays of the buffers ``t`` (the model's `traced` equations) read or update, by
+    symbol name (as stored: the kernels update running statistics in place)."""
     if not t.buffers:
         return {}
     by_key = dict(model.named_buffers())
     return {name: by_key[key] for name, key in t.buffers.items()}
 
 
-def after_training_call(source, batch: int) -> None:
-    """What a training call does besides its kernels: count batches (BatchNorm).
-    ``source``: the model, or the `Trace` a step was compiled from."""
-    for module in _trace_of(source).counted:
+def after_training_call(t: Trace) -> None:
+    """What a training call of ``t``'s equations does besides its kernels: count batches
+    (BatchNorm's ``num_batches_tracked``)."""
+    for module in t.counted:
         module._buffers["num_batches_tracked"] += 1
 
 
-def check_batch(source, batch: int) -> None:
+def check_batch(t: Trace, batch: int) -> None:
     """PyTorch's rule: batch statistics need more than one sample."""
-    if batch < _trace_of(source).min_batch:
-        raise ValueError("BatchNorm in training mode needs more than "
-                         f"1 sample per batch, got {batch} (as PyTorch: use model.eval() to "
-                         "run one sample on the running statistics)")
+    if batch < t.min_batch:
+        raise ValueError(f"BatchNorm in training mode needs more than 1 sample per batch, got "
+                         f"{batch} (as PyTorch: use model.eval() to run one sample on the "
+                         "running statistics)")
 
 
-def draw_masks(source, batch: int, dtype, into: dict | None = None,
+def draw_masks(t: Trace, batch: int, dtype, into: dict | None = None,
                rng: np.random.Generator | None = None) -> dict:
     """A fresh dropout mask for every `Dropout` the model's forward uses in training, by
     argument name, from ``rng`` (by default symnet's generator, `symnet.manual_seed`);
@@ -169,7 +162,7 @@ def draw_masks(source, batch: int, dtype, into: dict | None = None,
     keeps a copy of its mask as ``last_mask``."""
     rng = module_rng() if rng is None else rng
     masks = {}
-    for mask in _trace_of(source).masks:
+    for mask in t.masks:
         drawn = mask.draw(rng, batch, dtype)
         if into is not None:
             into[mask.name][...] = drawn

@@ -216,7 +216,7 @@ class DistributedStep(Step):
                           for a, b, p in zip(offsets[:-1], offsets[1:], optimizer.params)]
         # The running statistics the kernel reads and updates: copies in one flat array, so
         # a refused step leaves the model's alone and one Bcast hands out rank 0's.
-        running = kernels.buffer_arrays(model)
+        running = kernels.buffer_arrays(model, kernels.traced(model))
         self.statistics = np.zeros(sum(a.size for a in running.values()), self.dtype)
         offsets = np.cumsum([0, *(a.size for a in running.values())])
         self._running = {name: self.statistics[a:b].reshape(array.shape) for a, b, (name, array)
@@ -329,7 +329,7 @@ class DistributedStep(Step):
                 self.comm.Bcast(self.statistics, root=0)
             for name, array in kernels.buffer_arrays(self.model, self._trace).items():
                 array[...] = self._running[name]
-        kernels.after_training_call(self._trace, batch)
+        kernels.after_training_call(self._trace)
 
     def _update(self) -> None:
         optimizer = self.optimizer

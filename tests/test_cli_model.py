@@ -380,10 +380,12 @@ def test_tensors_that_do_not_fit_the_record_are_refused_before_the_file_runs(
             "'0.weight' has shape (16, 64), expected (17, 64)")
 
 
-def test_resume_of_a_model_run_is_bit_identical(tmp_path, capsys):
+def _resumed_and_straight(tmp_path, capsys, source: str, name: str) -> tuple[Path, dict]:
+    """Train ``file:name`` 7 steps, resume it to the end, and train it straight through;
+    the two checkpoints must be the same bytes.  Returns the resumed one and its tensors."""
     nets = tmp_path / "nets.py"
-    nets.write_text(NETS)
-    argv = ["train", *QUICK, "--model", f"{nets}:make_model", "--epochs", "2"]
+    nets.write_text(source)
+    argv = ["train", *QUICK, "--model", f"{nets}:{name}", "--epochs", "2"]
     resumed, straight = tmp_path / "resumed.safetensors", tmp_path / "straight.safetensors"
     assert run([*argv, "--max-steps", "7", "--save", resumed]) == 0
     assert run([*argv, "--save", resumed, "--resume"]) == 0
@@ -393,6 +395,11 @@ def test_resume_of_a_model_run_is_bit_identical(tmp_path, capsys):
     assert list(a) == list(b) and meta_a == meta_b
     for key in a:
         assert a[key].tobytes() == b[key].tobytes(), key
+    return resumed, a
+
+
+def test_resume_of_a_model_run_is_bit_identical(tmp_path, capsys):
+    resumed, _ = _resumed_and_straight(tmp_path, capsys, NETS, "make_model")
     assert sn.load(resumed)["optimizer"]["step"] == 24
 
 
@@ -461,16 +468,5 @@ class Net(sn.Module):
 def test_resume_with_dropout_and_batchnorm_is_bit_identical(tmp_path, capsys):
     """The checkpoint carries the running statistics (and num_batches_tracked) and the
     generator the dropout masks come from, so a resumed run draws the same masks."""
-    nets = tmp_path / "norm_nets.py"
-    nets.write_text(NORM_NETS)
-    argv = ["train", *QUICK, "--model", f"{nets}:Net", "--epochs", "2"]
-    resumed, straight = tmp_path / "resumed.safetensors", tmp_path / "straight.safetensors"
-    assert run([*argv, "--max-steps", "7", "--save", resumed]) == 0
-    assert run([*argv, "--save", resumed, "--resume"]) == 0
-    assert run([*argv, "--save", straight]) == 0
-    capsys.readouterr()
-    (a, meta_a), (b, meta_b) = load_file(resumed), load_file(straight)
+    _, a = _resumed_and_straight(tmp_path, capsys, NORM_NETS, "Net")
     assert "model.norm.running_var" in a and int(a["model.norm.num_batches_tracked"]) == 24
-    assert list(a) == list(b) and meta_a == meta_b
-    for key in a:
-        assert a[key].tobytes() == b[key].tobytes(), key

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from symnet.backends import eager, kernels
+from symnet.backends import eager, kernels, layer_state
 from symnet.backends.step import Step
 from symnet.nn.devices import register
 from symnet.nn.losses import Loss
@@ -84,8 +84,8 @@ class TrainStep(Step):
                             for p in self.optimizer.params])
         buffers = {}
         if self._stateful:  # dropout masks, running statistics, batch counts
-            kernels.check_batch(self._trace, batch)
-            buffers = kernels.buffer_arrays(self.model, self._trace)
+            layer_state.check_batch(self._trace, batch)
+            buffers = layer_state.buffer_arrays(self.model, self._trace)
             identity += (tuple(id(b) for b in buffers.values()),)
         if self._cache is None or self._cache[0] != identity:
             state = kernels.step_state(self.model, self.optimizer, self.unit.params,
@@ -100,15 +100,15 @@ class TrainStep(Step):
             named = dict(zip(self.program.arguments, args))
             self._cache = (identity, function, args[2:], named)
         if self._stateful:
-            kernels.draw_masks(self._trace, batch, self.dtype, into=self._cache[3])
+            layer_state.draw_masks(self._trace, batch, self.dtype, into=self._cache[3])
         value = self._cache[1](X, Y, *self._cache[2], *self._scalars(self.program.scalars))
         if not self.check_finite:
             if self._stateful:
-                kernels.after_training_call(self._trace)
+                layer_state.after_training_call(self._trace)
             return self._finish(value)
         value, finite = value
         if finite and self._stateful:
-            kernels.after_training_call(self._trace)
+            layer_state.after_training_call(self._trace)
         return self._finish(value, finite, None if finite else self._array("Yhat"))
 
 

@@ -46,7 +46,7 @@ from numba import config
 from codegen import cuda as render
 from codegen.cache import load_module
 from codegen.ir import Program
-from symnet.backends import eager, kernels
+from symnet.backends import eager, kernels, layer_state
 from symnet.backends.checks import check_inputs
 from symnet.backends.staging import Staging
 from symnet.backends.step import Step
@@ -275,8 +275,8 @@ def _stage(staging: Staging, model: Module, t: Trace, batch: int,
     host arrays, by name."""
     if not staging.host:  # nothing to send: no dropout, no running statistics
         return {}, {}
-    masks = kernels.draw_masks(t, batch, dtype, into=staging.host)
-    buffers = kernels.buffer_arrays(model, t)
+    masks = layer_state.draw_masks(t, batch, dtype, into=staging.host)
+    buffers = layer_state.buffer_arrays(model, t)
     for name, array in buffers.items():
         if name in staging.host:
             staging.host[name][...] = array
@@ -335,7 +335,7 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
               unit.graph.params.items()}
     batch = X.shape[0]
     t = kernels.traced(model)  # once: each look walks the model
-    kernels.check_batch(t, batch)
+    layer_state.check_batch(t, batch)
     if batch not in unit._buffers:  # the last batch size's temporaries only
         staging = _staging(program, t, batch, dtype)
         unit._buffers = {batch: (_temporaries(program, unit.accumulators, 1, batch,
@@ -349,7 +349,7 @@ def forward(model: Module, inputs, tile: int | None = None) -> np.ndarray:
                               *(arrays[n] for n in unit.accumulators))
     output = arrays[unit.graph.output].copy_to_host()
     staging.receive(buffers)
-    kernels.after_training_call(t)
+    layer_state.after_training_call(t)
     # copies: the staging arrays are this unit's, and the next call draws into them
     eager.remember(output, model, X, {n: m.copy() for n, m in masks.items()})
     return output
@@ -464,7 +464,7 @@ class CudaTrainStep(Step):
     def __call__(self, inputs, targets) -> float:
         X, Y = self._batch(inputs, targets, self.unit.outputs)
         batch = X.shape[0]
-        kernels.check_batch(self._trace, batch)
+        layer_state.check_batch(self._trace, batch)
         resident = self._resident()
         temporaries, staging = self._buffers(batch, resident)
         arrays = {**temporaries, **staging.device, **resident}
@@ -479,7 +479,7 @@ class CudaTrainStep(Step):
         staging.receive(buffers)
         value, finite = value if self.check_finite else (value, True)
         if finite:
-            kernels.after_training_call(self._trace)
+            layer_state.after_training_call(self._trace)
         wanted = not finite and self.loss.prediction_range is not None and "Yhat" in arrays
         return self._finish(value, finite, arrays["Yhat"].copy_to_host() if wanted else None)
 

@@ -20,7 +20,7 @@ import weakref
 
 import numpy as np
 
-from symnet.backends import kernels
+from symnet.backends import kernels, layer_state
 from symnet.backends.checks import check_inputs, check_targets
 from symnet.nn.module import Module
 
@@ -41,12 +41,12 @@ def forward(model: Module, inputs) -> np.ndarray:
     X = check_inputs(model, inputs, dtype)
     unit = kernels.model_unit(model, None, dtype)
     t = kernels.traced(model)  # once: each look walks the model
-    kernels.check_batch(t, X.shape[0])
-    masks = kernels.draw_masks(t, X.shape[0], dtype)
+    layer_state.check_batch(t, X.shape[0])
+    masks = layer_state.draw_masks(t, X.shape[0], dtype)
     provided = {kernels.INPUT: X, **_parameters(unit, model, t), **masks}
     args = unit.buffers("forward", X.shape[0], provided)
     unit.functions["forward"](*args)
-    kernels.after_training_call(t)
+    layer_state.after_training_call(t)
     output = unit.buffers("forward", X.shape[0], provided)[
         unit.programs["forward"].arguments.index(unit.graph.output)].copy()
     remember(output, model, X, masks)
@@ -57,7 +57,7 @@ def _parameters(unit, model: Module, t) -> dict[str, np.ndarray]:
     """The arrays of the parameters and buffers ``unit``'s programs take, by name."""
     by_key = dict(model.named_parameters())
     return {**{name: by_key[key].kernel_array(fetch=True) for name, key in
-               unit.graph.params.items()}, **kernels.buffer_arrays(model, t)}
+               unit.graph.params.items()}, **layer_state.buffer_arrays(model, t)}
 
 
 class LossValue:

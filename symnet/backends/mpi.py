@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from symnet.backends import kernels
+from symnet.backends import kernels, layer_state
 from symnet.backends.step import Step
 from symnet.backends.threads import check_parallel
 from symnet.nn.losses import Loss
@@ -216,7 +216,7 @@ class DistributedStep(Step):
                           for a, b, p in zip(offsets[:-1], offsets[1:], optimizer.params)]
         # The running statistics the kernel reads and updates: copies in one flat array, so
         # a refused step leaves the model's alone and one Bcast hands out rank 0's.
-        running = kernels.buffer_arrays(model, kernels.traced(model))
+        running = layer_state.buffer_arrays(model, kernels.traced(model))
         self.statistics = np.zeros(sum(a.size for a in running.values()), self.dtype)
         offsets = np.cumsum([0, *(a.size for a in running.values())])
         self._running = {name: self.statistics[a:b].reshape(array.shape) for a, b, (name, array)
@@ -261,11 +261,11 @@ class DistributedStep(Step):
         rows = shard(batch, self.comm.Get_size(), self.comm.Get_rank())
         count = self._count = rows.stop - rows.start
         self.buffer[:] = 0
-        for name, array in kernels.buffer_arrays(self.model, self._trace).items():
+        for name, array in layer_state.buffer_arrays(self.model, self._trace).items():
             self._running[name][...] = array
         if count:
             arguments, named = self._buffers(count)
-            kernels.draw_masks(self._trace, count, self.dtype, into=named, rng=self.generator)
+            layer_state.draw_masks(self._trace, count, self.dtype, into=named, rng=self.generator)
             value = self.unit.functions["shard_gradients"](X[rows], Y[rows], *arguments)
             self.buffer[-2] = value
             if self.loss.reduction == "mean":
@@ -298,7 +298,7 @@ class DistributedStep(Step):
         them a rank may even have no samples."""
         ranks, needed = self.comm.Get_size(), self._trace.min_batch
         if ranks == 1:
-            kernels.check_batch(self._trace, batch)
+            layer_state.check_batch(self._trace, batch)
         elif needed > 1 and batch // ranks < needed:
             raise ValueError(f"{type(self.model).__name__}: BatchNorm in training mode "
                              "normalises each rank's shard with its own statistics and needs "
@@ -327,9 +327,9 @@ class DistributedStep(Step):
         if self._running:
             if self.comm.Get_size() > 1:
                 self.comm.Bcast(self.statistics, root=0)
-            for name, array in kernels.buffer_arrays(self.model, self._trace).items():
+            for name, array in layer_state.buffer_arrays(self.model, self._trace).items():
                 array[...] = self._running[name]
-        kernels.after_training_call(self._trace)
+        layer_state.after_training_call(self._trace)
 
     def _update(self) -> None:
         optimizer = self.optimizer

@@ -87,9 +87,7 @@ class _Context:
 
     def buffer(self, m: sp.MatrixSymbol) -> str:
         if m.name not in self.buffers:
-            shape = (m.shape[0], 1) if m.name in self.column_matrices else \
-                layout.storage_shape(m, self.batch)
-            self.buffers[m.name] = Buffer(m.name, shape)
+            self.buffers[m.name] = Buffer(m.name, self.storage(m))
         return m.name
 
     def at(self, m: sp.MatrixExpr, result: sp.MatrixSymbol) -> sp.Indexed:
@@ -115,6 +113,7 @@ class _Context:
         return base[row] if len(stored) == 1 else base[row, col]
 
     def storage(self, m: sp.MatrixSymbol) -> tuple:
+        """``m``'s storage shape: its buffer's, or the one `buffer` would give it."""
         if m.name in self.buffers:
             return self.buffers[m.name].shape
         return (m.shape[0], 1) if m.name in self.column_matrices else \

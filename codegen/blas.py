@@ -63,6 +63,39 @@ def choice() -> str:
     return "scipy"
 
 
+GEMM_ENV = "SYMNET_GEMM"
+
+
+@functools.lru_cache(maxsize=1)
+def avx512() -> bool:
+    """Whether this CPU has AVX-512 (and FMA), which `codegen.gemm`'s tile needs."""
+    from llvmlite import binding
+
+    features = binding.get_host_cpu_features()
+    return all(features.get(f, False) for f in ("avx512f", "fma"))
+
+
+def gemm_choice() -> str:
+    """``"symnet"`` when float32 kernels multiply large matrices with `codegen.gemm`
+    (through `load_gemm`'s ``own``), else ``"openblas"``.
+
+    ``SYMNET_GEMM=openblas`` keeps every product in OpenBLAS; ``SYMNET_GEMM=symnet``
+    insists, and fails on a CPU without AVX-512; unset (``auto``) is ``"symnet"`` where the
+    CPU has AVX-512 and NumPy bundles OpenBLAS (`choice`), which the small products use.
+    """
+    wanted = os.environ.get(GEMM_ENV, "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "symnet", "openblas"):
+        raise ValueError(f"{GEMM_ENV}={wanted!r}: expected 'auto', 'symnet' or 'openblas'")
+    if wanted == "openblas":
+        return "openblas"
+    if avx512() and numpy_openblas() is not None:
+        return "symnet"
+    if wanted == "symnet":
+        raise RuntimeError(f"{GEMM_ENV}=symnet, but this CPU has no AVX-512 (avx512f) or "
+                           "NumPy bundles no OpenBLAS")
+    return "openblas"
+
+
 def _load_symbols() -> None:
     """Put NumPy's bundled OpenBLAS into LLVM's symbol table, so kernels compiled now or
     loaded from Numba's cache resolve its symbols by name."""
@@ -74,12 +107,14 @@ def _load_symbols() -> None:
     binding.load_library_permanently(path)
 
 
-def load_gemm(kind: str):
+def load_gemm(kind: str, own: bool = False):
     """Numba's handles on NumPy's bundled ``cblas_{kind}gemm`` and ``cblas_{kind}gemv``
     (``kind`` 's' or 'd').
 
     Loads the library into LLVM's symbol table first, so kernels compiled now or loaded
-    from Numba's cache resolve the symbols.
+    from Numba's cache resolve the symbols.  ``own``: the GEMM is `codegen.gemm.cblas_sgemm`
+    (float32 only), which calls symnet's own product for large matrices and this library's
+    for small ones.
     """
     from numba import types
 
@@ -91,6 +126,12 @@ def load_gemm(kind: str):
         real, pointer, size))
     gemv = types.ExternalFunction(SYMBOL.format(kind=kind, op="gemv"), types.void(
         enum, enum, size, size, real, pointer, size, pointer, size, real, pointer, size))
+    if own:
+        if kind != "s":
+            raise ValueError("symnet's own GEMM is float32 only (kind 's')")
+        from codegen.gemm import cblas_sgemm
+
+        gemm = cblas_sgemm
     return gemm, gemv
 
 

@@ -17,7 +17,7 @@ import keyword
 
 import sympy as sp
 
-from codegen.blas import choice
+from codegen.blas import choice, gemm_choice
 from codegen.ir import (
     CheckFinite,
     Loop,
@@ -118,10 +118,12 @@ def _gemm_add(A, ta, B, tb, C, alpha):
 # symbol name through CBLAS's row-major interface; every array here is C-contiguous.  A
 # product with one row or one column (batch 1) goes to GEMV: that OpenBLAS's GEMM takes
 # 33 µs for 1×784 · 784×128, its GEMV 6 µs.
+OPENBLAS = "# NumPy's bundled OpenBLAS (codegen/blas.py)"
+OWN_GEMM = "# large float32 products: codegen/gemm.py; the rest: NumPy's bundled OpenBLAS"
 CBLAS_GEMM = '''
 from codegen.blas import load_gemm as _load_gemm
 
-_cblas_gemm, _cblas_gemv = _load_gemm("{kind}")  # NumPy's bundled OpenBLAS (codegen/blas.py)
+_cblas_gemm, _cblas_gemv = _load_gemm({gemm})  {gemm_comment}
 _SIZE = real(0).itemsize
 
 
@@ -522,7 +524,9 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
                   THREADS_CBLAS if cblas else THREADS_NUMBA, COLUMN_SUM]
     products = [op for p in programs for op in p.ops if isinstance(op, MatMul)]
     if cblas and products:
-        parts.append(CBLAS_GEMM.format(kind=kind))
+        own = kind == "s" and gemm_choice() == "symnet"
+        parts.append(CBLAS_GEMM.format(gemm='"s", own=True' if own else f'"{kind}"',
+                                       gemm_comment=OWN_GEMM if own else OPENBLAS))
         if parallel:
             parts.append(CBLAS_WIDE.format(parallel=PARALLEL))
     elif any(op.scale is not None for op in products):

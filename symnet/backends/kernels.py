@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from codegen.blas import choice, gemm_choice
 from codegen.cache import load_module
 from codegen.cpu import MIN_WORK, render_module, threads_from
 from codegen.ir import Program
@@ -77,12 +78,14 @@ def structure_key(model: Module, loss: Loss | None, dtype) -> tuple:
     """What decides the equations: the traced forward equations, loss, dtype — and the
     parameters' state-dict keys, which the unit's graph maps its symbols to (a nested
     Sequential has the same layers as a flat one but keys '0.0.weight', not '0.weight'),
-    with which uses share a parameter (each use's index points at the first use's)."""
+    with which uses share a parameter (each use's index points at the first use's).  The
+    libraries the CPU products call (`codegen.blas`) decide the source too."""
     first: dict[int, int] = {}
     keys = tuple((name, first.setdefault(id(p), k)) for k, (name, p) in
                  enumerate(model.named_parameters(remove_duplicate=False)))
     loss_key = None if loss is None else (type(loss).__name__, loss.reduction, str(loss.expr))
-    return _forward_key(model), keys, loss_key, np.dtype(dtype).name
+    return (_forward_key(model), keys, loss_key, np.dtype(dtype).name,
+            (choice(), gemm_choice()))
 
 
 #: model → (its cheap signature, the srepr of its traced equations)

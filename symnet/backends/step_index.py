@@ -58,7 +58,7 @@ def code_version() -> str:
 
 def _path(key: tuple):
     text = json.dumps([key, FORMAT, __version__, code_version(), numba.__version__,
-                       sys.version_info[:2], blas.choice()], default=str)
+                       sys.version_info[:2], blas.choice(), blas.gemm_choice()], default=str)
     return cache_dir() / f"step_{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
 
 

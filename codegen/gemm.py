@@ -1,0 +1,397 @@
+"""symnet's own float32 matrix product for AVX-512 CPUs, in CBLAS's row-major terms:
+``C = alpha·op(A)·op(B) + beta·C``.
+
+Why: NumPy's bundled OpenBLAS runs the train step's large products at 180–210 GFLOP/s on
+this project's machine (`benchmarks/gemm_shapes.py`), where XLA runs them at about 211;
+this product runs them at about 225.  The design is BLIS's:
+
+- A register tile of ``MR × NR`` = 12 × 32 entries of C: 24 AVX-512 accumulators.  Each step
+  of the inner product loads 32 entries of a row of op(B) (two vectors) and broadcasts 12
+  entries of a column of op(A), for 24 fused multiply-adds.  The tile is written in LLVM's
+  vector IR (`_tile`), so the vector code does not depend on what the auto-vectoriser sees.
+- op(A) is read where it lies when its rows are rows of A (12 rows streamed, then reused
+  from L1 for every tile of a row of tiles); op(B) is read where it lies when its rows are
+  rows of B.  Only the other cases are packed into aligned panels: a transposed B (16 × 16
+  register transposes, `_transpose16`), a transposed A, and partial panels at the edges,
+  zero-padded, so no tile reads past an array.  The inner dimension is split into blocks
+  of ``KC`` and the columns into blocks of ``NC`` so that one block of packed B stays in L2.
+- Edge tiles are written through masks (`_tile`'s ``rows`` and ``cols``): no copy, no
+  scratch tile.
+
+The product is compiled for the machine it runs on (``cache=True``: Numba's cache is keyed
+by the CPU).  `codegen.blas.gemm_choice` decides whether kernels use it: only where the CPU
+has AVX-512, only for float32, and only from `OWN_MIN` multiply-adds (`cblas_sgemm`).
+
+Example:
+    >>> import numpy as np
+    >>> from codegen.blas import avx512
+    >>> a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    >>> b = np.ones((3, 4), np.float32)
+    >>> c = np.zeros((2, 4), np.float32)
+    >>> if avx512():
+    ...     sgemm(False, False, 2, 4, 3, 1.0, a.ctypes.data, 3, b.ctypes.data, 4,
+    ...           0.0, c.ctypes.data, 4)
+    ... else:
+    ...     c[:] = a @ b
+    >>> c[1].tolist()
+    [12.0, 12.0, 12.0, 12.0]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, njit, types
+from numba.extending import intrinsic
+
+from codegen.blas import load_gemm
+
+MR, NR, VW = 12, 32, 16  # register tile rows, columns; floats per AVX-512 vector
+NV = NR // VW  # vectors per tile row
+# Blocks of the inner dimension and of C's columns (`benchmarks/gemm_shapes.py`, caches
+# flushed before each product).  op(A) read in rows of A: one block of depth up to 800, so
+# that each row of A is read in one stream (4096×784·784×128 at KC 256 ran 1.2× slower);
+# packed A: 256 deep, 256 wide.  MC: rows of A packed at once.
+KC_ROWS, NC_ROWS = 800, 128
+KC_PACKED, NC_PACKED = 256, 256
+MC = 384
+ALIGN = 64  # bytes: packed panels start on a cache line
+
+_F32 = ir.FloatType()
+_I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+_VEC = ir.VectorType(_F32, VW)
+_MASK = ir.VectorType(_I1, VW)
+_LANES = ir.VectorType(_I64, VW)
+
+
+OWN_MIN = 1 << 19  # multiply-adds from which this product beats OpenBLAS (module docstring)
+
+
+# ---------------------------------------------------------------------------------------
+# LLVM IR helpers (used inside the intrinsics' code generators)
+
+def _function(module, name: str, ret, args):
+    found = module.globals.get(name)
+    return found if found is not None else ir.Function(module, ir.FunctionType(ret, args), name)
+
+
+def _fma(builder):
+    return _function(builder.module, "llvm.fma.v16f32", _VEC, [_VEC, _VEC, _VEC])
+
+
+def _masked_load(builder, pointer, mask):
+    load = _function(builder.module, "llvm.masked.load.v16f32.p0", _VEC,
+                     [_VEC.as_pointer(), _I32, _MASK, _VEC])
+    return builder.call(load, [builder.bitcast(pointer, _VEC.as_pointer()), ir.Constant(_I32, 4),
+                               mask, ir.Constant(_VEC, [0.0] * VW)])
+
+
+def _masked_store(builder, value, pointer, mask):
+    store = _function(builder.module, "llvm.masked.store.v16f32.p0", ir.VoidType(),
+                      [_VEC, _VEC.as_pointer(), _I32, _MASK])
+    builder.call(store, [value, builder.bitcast(pointer, _VEC.as_pointer()),
+                         ir.Constant(_I32, 4), mask])
+
+
+def _splat(builder, scalar, vector_type=_VEC):
+    undefined = ir.Constant(vector_type, ir.Undefined)
+    one = builder.insert_element(undefined, scalar, ir.Constant(_I32, 0))
+    zeros = ir.Constant(ir.VectorType(_I32, VW), [0] * VW)
+    return builder.shuffle_vector(one, undefined, zeros)
+
+
+def _lanes_below(builder, count):
+    """The mask of lanes ``0 … count-1`` (``count`` an i64; ≤ 0 gives none)."""
+    lanes = ir.Constant(_LANES, list(range(VW)))
+    return builder.icmp_signed("<", lanes, _splat(builder, count, _LANES))
+
+
+def _at(builder, pointer, offset):
+    return builder.gep(pointer, [offset])
+
+
+def _vector_at(builder, pointer, offset):
+    return builder.bitcast(_at(builder, pointer, offset), _VEC.as_pointer())
+
+
+def _i64(value: int):
+    return ir.Constant(_I64, value)
+
+
+# ---------------------------------------------------------------------------------------
+# The intrinsics
+
+
+@intrinsic
+def _tile(typingctx, kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols):
+    """``C[i, j] = alpha·Σ_k A[i·rsa + k·csa]·B[k·ldb + j] + beta·C[i, j]`` for the 12 × 32
+    tile at ``c`` (row stride ``ldc``), written only where ``i < rows`` and ``j < cols``;
+    ``beta == 0`` never reads C.  Every entry of A and B the full tile reads must be
+    readable."""
+    sig = types.void(kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols)
+    return sig, _tile_code
+
+
+def _tile_code(context, builder, signature, args):
+    kc_, a_, rsa_, csa_, b_, ldb_, c_, ldc_, alpha_, beta_, rows_, cols_ = args
+    fma = _fma(builder)
+    zero = ir.Constant(_VEC, [0.0] * VW)
+    entry = builder.block
+    loop = builder.append_basic_block("tile.loop")
+    done = builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed(">", kc_, _i64(0)), loop, done)
+
+    builder.position_at_end(loop)
+    k = builder.phi(_I64)
+    k.add_incoming(_i64(0), entry)
+    accumulators = []
+    for _ in range(MR * NV):
+        phi = builder.phi(_VEC)
+        phi.add_incoming(zero, entry)
+        accumulators.append(phi)
+    b_row = builder.mul(k, ldb_)
+    b_vectors = [builder.load(_vector_at(builder, b_, builder.add(b_row, _i64(h * VW))),
+                              align=4) for h in range(NV)]
+    a_column = builder.mul(k, csa_)
+    updated = []
+    for i in range(MR):
+        pointer = _at(builder, a_, builder.add(builder.mul(_i64(i), rsa_), a_column))
+        a_entry = _splat(builder, builder.load(pointer, align=4))
+        for h in range(NV):
+            updated.append(builder.call(fma, [a_entry, b_vectors[h], accumulators[i * NV + h]]))
+    k_next = builder.add(k, _i64(1))
+    k.add_incoming(k_next, loop)
+    for phi, value in zip(accumulators, updated):
+        phi.add_incoming(value, loop)
+    builder.cbranch(builder.icmp_signed("<", k_next, kc_), loop, done)
+
+    builder.position_at_end(done)
+    sums = []
+    for i in range(MR * NV):
+        phi = builder.phi(_VEC)
+        phi.add_incoming(zero, entry)
+        phi.add_incoming(updated[i], loop)
+        sums.append(phi)
+    alphas, betas = _splat(builder, alpha_), _splat(builder, beta_)
+    masks = [_lanes_below(builder, builder.sub(cols_, _i64(h * VW))) for h in range(NV)]
+    no_beta = builder.fcmp_ordered("==", beta_, ir.Constant(_F32, 0.0))
+    for i in range(MR):
+        with builder.if_then(builder.icmp_signed("<", _i64(i), rows_)):
+            row = builder.mul(_i64(i), ldc_)
+            for h in range(NV):
+                pointer = _at(builder, c_, builder.add(row, _i64(h * VW)))
+                scaled = builder.fmul(alphas, sums[i * NV + h])
+                with builder.if_else(no_beta) as (overwrite, accumulate):
+                    with overwrite:
+                        _masked_store(builder, scaled, pointer, masks[h])
+                    with accumulate:
+                        old = _masked_load(builder, pointer, masks[h])
+                        _masked_store(builder, builder.call(fma, [betas, old, scaled]),
+                                      pointer, masks[h])
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _transpose16(typingctx, src, lds, dst, ldd):
+    """``dst[c·ldd + r] = src[r·lds + c]`` for a 16 × 16 block: 16 loads, four rounds of
+    shuffles (round d swaps bit d of the row and column indices), 16 stores."""
+    sig = types.void(src, lds, dst, ldd)
+
+    def codegen(context, builder, signature, args):
+        src_, lds_, dst_, ldd_ = args
+        rows = [builder.load(_vector_at(builder, src_, builder.mul(_i64(r), lds_)), align=4)
+                for r in range(VW)]
+        d = 1
+        while d < VW:
+            new = list(rows)
+            for r in range(VW):
+                if r & d:
+                    continue
+                low = [16 + (c ^ d) if c & d else c for c in range(VW)]
+                high = [16 + c if c & d else c ^ d for c in range(VW)]
+                new[r] = builder.shuffle_vector(rows[r], rows[r | d],
+                                                ir.Constant(ir.VectorType(_I32, VW), low))
+                new[r | d] = builder.shuffle_vector(rows[r], rows[r | d],
+                                                    ir.Constant(ir.VectorType(_I32, VW), high))
+            rows, d = new, d * 2
+        for r in range(VW):
+            builder.store(rows[r], _vector_at(builder, dst_, builder.mul(_i64(r), ldd_)), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _copy16(typingctx, src, dst, loaded, stored):
+    """``dst[0:stored] = src[0:loaded]``, zeros after ``loaded`` (both ≤ 16)."""
+    sig = types.void(src, dst, loaded, stored)
+
+    def codegen(context, builder, signature, args):
+        src_, dst_, loaded_, stored_ = args
+        value = _masked_load(builder, src_, _lanes_below(builder, loaded_))
+        _masked_store(builder, value, dst_, _lanes_below(builder, stored_))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """A ``float*`` from an address."""
+    sig = types.CPointer(types.float32)(address)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.PointerType(_F32))
+
+    return sig, codegen
+
+
+# ---------------------------------------------------------------------------------------
+# Packing and the product
+
+
+@njit(cache=True, inline="always")
+def _aligned(buffer):
+    address = np.int64(buffer.ctypes.data)
+    return address + (ALIGN - address % ALIGN) % ALIGN
+
+
+@njit(cache=True)
+def _pack_b(tb, b, ldb, pc, kc, j0, w, panel):
+    """Columns ``j0 … j0+w-1`` of op(B)'s rows ``pc … pc+kc-1`` into one zero-padded
+    ``kc × NR`` panel at address ``panel``."""
+    if tb:  # op(B)[k, j] = B[j, k]: transpose 16 × 16 blocks, the rest entry by entry
+        full_k = kc - kc % VW
+        for h in range(NV):
+            j = j0 + h * VW
+            dst = panel + h * VW * 4
+            if w >= (h + 1) * VW:
+                for k in range(0, full_k, VW):
+                    _transpose16(_pointer(b + (j * ldb + pc + k) * 4), ldb,
+                                 _pointer(dst + k * NR * 4), NR)
+                start = full_k
+            else:
+                start = 0
+            out = carray(_pointer(panel), (kc, NR))
+            rows = carray(_pointer(b), (j0 + w, ldb))
+            for k in range(start, kc):
+                for jj in range(VW):
+                    col = h * VW + jj
+                    out[k, col] = rows[j0 + col, pc + k] if col < w else 0.0
+    else:  # rows of B: copy with zero padding
+        for k in range(kc):
+            src = b + ((pc + k) * ldb + j0) * 4
+            dst = panel + k * NR * 4
+            for h in range(NV):
+                _copy16(_pointer(src + h * VW * 4), _pointer(dst + h * VW * 4),
+                        min(VW, max(0, w - h * VW)), VW)
+
+
+@njit(cache=True)
+def _pack_a(ta, a, lda, pc, kc, i0, rows, panel):
+    """Rows ``i0 … i0+rows-1`` of op(A)'s columns ``pc … pc+kc-1`` into one zero-padded
+    ``kc × MR`` panel at address ``panel`` (entry ``[k, i]`` at ``k·MR + i``)."""
+    if ta:  # op(A)[i, k] = A[k, i]: each k is 12 contiguous entries of A's row
+        for k in range(kc):
+            _copy16(_pointer(a + ((pc + k) * lda + i0) * 4), _pointer(panel + k * MR * 4),
+                    rows, MR)
+    else:
+        out = carray(_pointer(panel), (kc, MR))
+        src = carray(_pointer(a), (i0 + rows, lda))
+        for k in range(kc):
+            for i in range(MR):
+                out[k, i] = src[i0 + i, pc + k] if i < rows else 0.0
+
+
+@njit(cache=True)
+def sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """``C = alpha·op(A)·op(B) + beta·C`` as CBLAS's row-major ``sgemm``: ``a``, ``b``,
+    ``c`` are the addresses of float32 arrays, ``op(X)`` is Xᵀ where ``tx``; C is m × n and
+    the inner dimension k."""
+    if ta:
+        blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC_PACKED, NC_PACKED)
+    else:
+        blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC_ROWS, NC_ROWS)
+
+
+@njit(cache=True)
+def blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC, NC):
+    """`sgemm` with the blocks given: the inner dimension in equal blocks of at most ``KC``,
+    C's columns in blocks of ``NC``."""
+    alpha, beta = np.float32(alpha), np.float32(beta)
+    a, b, c = np.int64(a), np.int64(b), np.int64(c)  # uintp + int64 would be float64
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        view = carray(_pointer(c), (m, ldc))
+        for i in range(m):
+            for j in range(n):
+                view[i, j] = 0.0 if beta == 0 else beta * view[i, j]
+        return
+    mc = MC if ta else m  # rows of A at once: all of them, unless A is packed
+    depth = (k + (k + KC - 1) // KC - 1) // ((k + KC - 1) // KC)  # equal blocks of ≤ KC
+    b_panels = (min(NC, n) + NR - 1) // NR if tb else (1 if n % NR else 0)
+    a_panels = (min(mc, m) + MR - 1) // MR if ta else (1 if m % MR else 0)
+    b_space = np.empty(b_panels * NR * depth + ALIGN // 4, np.float32)
+    a_space = np.empty(a_panels * MR * depth + ALIGN // 4, np.float32)
+    b_packed = _aligned(b_space)
+    a_packed = _aligned(a_space)
+    one = np.float32(1.0)
+    for pc in range(0, k, depth):
+        kc = min(depth, k - pc)
+        accumulate = beta if pc == 0 else one
+        for ic in range(0, m, mc):
+            mrows = min(mc, m - ic)
+            panels_a = (mrows + MR - 1) // MR
+            if ta:
+                for p in range(panels_a):
+                    i0 = ic + p * MR
+                    _pack_a(True, a, lda, pc, kc, i0, min(MR, m - i0),
+                            a_packed + p * kc * MR * 4)
+            elif m % MR:
+                i0 = ic + (panels_a - 1) * MR
+                _pack_a(False, a, lda, pc, kc, i0, m - i0, a_packed)
+            for jc in range(0, n, NC):
+                ncols = min(NC, n - jc)
+                panels_b = (ncols + NR - 1) // NR
+                for q in range(panels_b):
+                    j0 = jc + q * NR
+                    w = min(NR, n - j0)
+                    if tb:
+                        _pack_b(True, b, ldb, pc, kc, j0, w, b_packed + q * kc * NR * 4)
+                    elif w < NR:
+                        _pack_b(False, b, ldb, pc, kc, j0, w, b_packed)
+                for p in range(panels_a):
+                    i0 = ic + p * MR
+                    rows = min(MR, m - i0)
+                    if ta:
+                        a_tile, rsa, csa = a_packed + p * kc * MR * 4, 1, MR
+                    elif rows < MR:
+                        a_tile, rsa, csa = a_packed, 1, MR
+                    else:
+                        a_tile, rsa, csa = a + (i0 * lda + pc) * 4, lda, 1
+                    for q in range(panels_b):
+                        j0 = jc + q * NR
+                        w = min(NR, n - j0)
+                        if tb:
+                            b_tile, b_ld = b_packed + q * kc * NR * 4, NR
+                        elif w < NR:
+                            b_tile, b_ld = b_packed, NR
+                        else:
+                            b_tile, b_ld = b + (pc * ldb + j0) * 4, ldb
+                        _tile(kc, _pointer(a_tile), rsa, csa, _pointer(b_tile), b_ld,
+                              _pointer(c + (i0 * ldc + j0) * 4), ldc, alpha, accumulate,
+                              rows, w)
+
+
+_openblas_sgemm = load_gemm("s")[0]
+
+
+@njit(cache=True)
+def cblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """CBLAS's ``sgemm`` (row-major ``order`` 101 only): this product from `OWN_MIN`
+    multiply-adds, OpenBLAS's below, where its fixed costs are smaller."""
+    if m * n * k >= OWN_MIN:
+        sgemm(transa == 112, transb == 112, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    else:
+        _openblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)

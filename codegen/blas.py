@@ -112,27 +112,40 @@ def load_gemm(kind: str, own: bool = False):
     (``kind`` 's' or 'd').
 
     Loads the library into LLVM's symbol table first, so kernels compiled now or loaded
-    from Numba's cache resolve the symbols.  ``own``: the GEMM is `codegen.gemm.cblas_sgemm`
-    (float32 only), which calls symnet's own product for large matrices and this library's
-    for small ones.
+    from Numba's cache resolve the symbols.  ``own``: the GEMM is `codegen.gemm`'s entry
+    point (float32 only, by the name `CBLAS_SYMBOL`), which calls symnet's own product for
+    large matrices and this library's for small ones.
     """
     from numba import types
 
     _load_symbols()
     real = types.float32 if kind == "s" else types.float64
     enum, size, pointer = types.intc, types.int64, types.voidptr
-    gemm = types.ExternalFunction(SYMBOL.format(kind=kind, op="gemm"), types.void(
-        enum, enum, enum, size, size, size, real, pointer, size, pointer, size,
-        real, pointer, size))
-    gemv = types.ExternalFunction(SYMBOL.format(kind=kind, op="gemv"), types.void(
-        enum, enum, size, size, real, pointer, size, pointer, size, real, pointer, size))
+    name = SYMBOL.format(kind=kind, op="gemm")
     if own:
         if kind != "s":
             raise ValueError("symnet's own GEMM is float32 only (kind 's')")
-        from codegen.gemm import cblas_sgemm
+        import codegen.gemm  # noqa: F401  (registers CBLAS_SYMBOL)
 
-        gemm = cblas_sgemm
+        name = CBLAS_SYMBOL
+    gemm = types.ExternalFunction(name, gemm_signature(real))
+    gemv = types.ExternalFunction(SYMBOL.format(kind=kind, op="gemv"), types.void(
+        enum, enum, size, size, real, pointer, size, pointer, size, real, pointer, size))
     return gemm, gemv
+
+
+def gemm_signature(real):
+    """CBLAS's ``?gemm`` in ILP64: order, transposes, m, n, k, alpha, A, lda, B, ldb, beta,
+    C, ldc."""
+    from numba import types
+
+    enum, size, pointer = types.intc, types.int64, types.voidptr
+    return types.void(enum, enum, enum, size, size, size, real, pointer, size, pointer, size,
+                      real, pointer, size)
+
+
+#: the name under which `codegen.gemm` registers its CBLAS-shaped float32 entry point
+CBLAS_SYMBOL = "symnet_cblas_sgemm64"
 
 
 THREADS_SYMBOL = "scipy_openblas_{op}_num_threads64_"  # NumPy's OpenBLAS thread count

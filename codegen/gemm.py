@@ -20,7 +20,7 @@ this product runs them at about 225.  The design is BLIS's:
 
 The product is compiled for the machine it runs on (``cache=True``: Numba's cache is keyed
 by the CPU).  `codegen.blas.gemm_choice` decides whether kernels use it: only where the CPU
-has AVX-512, only for float32, and only from `OWN_MIN` multiply-adds (`cblas_sgemm`).
+has AVX-512, only for float32, and only from `OWN_MIN` multiply-adds (`_cblas_sgemm`).
 
 Example:
     >>> import numpy as np
@@ -40,11 +40,11 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import carray, njit, types
+from llvmlite import binding, ir
+from numba import carray, cfunc, njit, types
 from numba.extending import intrinsic
 
-from codegen.blas import load_gemm
+from codegen.blas import CBLAS_SYMBOL, gemm_signature, load_gemm
 
 MR, NR, VW = 12, 32, 16  # register tile rows, columns; floats per AVX-512 vector
 NV = NR // VW  # vectors per tile row
@@ -384,14 +384,32 @@ def blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC, NC):
                               rows, w)
 
 
+@intrinsic
+def _address(typingctx, pointer):
+    """A ``void*``'s address as an integer."""
+    sig = types.int64(pointer)
+
+    def codegen(context, builder, signature, args):
+        return builder.ptrtoint(args[0], _I64)
+
+    return sig, codegen
+
+
 _openblas_sgemm = load_gemm("s")[0]
 
 
-@njit(cache=True)
-def cblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+@cfunc(gemm_signature(types.float32), cache=True)
+def _cblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """CBLAS's ``sgemm`` (row-major ``order`` 101 only): this product from `OWN_MIN`
     multiply-adds, OpenBLAS's below, where its fixed costs are smaller."""
     if m * n * k >= OWN_MIN:
-        sgemm(transa == 112, transb == 112, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        sgemm(transa == 112, transb == 112, m, n, k, alpha, _address(a), lda, _address(b), ldb,
+              beta, _address(c), ldc)
     else:
         _openblas_sgemm(order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+# Kernels call the entry point by this name (`codegen.blas.load_gemm`'s ``own``), as they
+# call OpenBLAS's: its machine code is compiled once (and cached), not again inside every
+# kernel that calls it, and a cached kernel finds it by name in a new process.
+binding.add_symbol(CBLAS_SYMBOL, _cblas_sgemm.address)

@@ -41,6 +41,7 @@ from revision import ROOT, checked_out, resolve  # noqa: E402
 WORKERS = {
     "cpu": {},
     "cpu-scipy-blas": {"SYMNET_BLAS": "scipy"},
+    "cpu-openblas-gemm": {"SYMNET_GEMM": "openblas"},  # float32 products all in OpenBLAS
     "cuda": {"NUMBA_ENABLE_CUDASIM": "1"},
 }
 

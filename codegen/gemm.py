@@ -175,19 +175,20 @@ def _tile_code(context, builder, signature, args):
     alphas, betas = _splat(builder, alpha_), _splat(builder, beta_)
     masks = [_lanes_below(builder, builder.sub(cols_, _i64(h * VW))) for h in range(NV)]
     no_beta = builder.fcmp_ordered("==", beta_, ir.Constant(_F32, 0.0))
-    for i in range(MR):
-        with builder.if_then(builder.icmp_signed("<", _i64(i), rows_)):
-            row = builder.mul(_i64(i), ldc_)
-            for h in range(NV):
-                pointer = _at(builder, c_, builder.add(row, _i64(h * VW)))
-                scaled = builder.fmul(alphas, sums[i * NV + h])
-                with builder.if_else(no_beta) as (overwrite, accumulate):
-                    with overwrite:
-                        _masked_store(builder, scaled, pointer, masks[h])
-                    with accumulate:
-                        old = _masked_load(builder, pointer, masks[h])
-                        _masked_store(builder, builder.call(fma, [betas, old, scaled]),
-                                      pointer, masks[h])
+    with builder.if_else(no_beta) as (overwrite, accumulate):
+        for reads_c in (False, True):  # beta == 0 never reads C: its lines may be cold
+            with accumulate if reads_c else overwrite:
+                for i in range(MR):  # through masks: the rows past ``rows`` are all-false
+                    in_rows = _splat(builder, builder.icmp_signed("<", _i64(i), rows_), _MASK)
+                    row = builder.mul(_i64(i), ldc_)
+                    for h in range(NV):
+                        pointer = _at(builder, c_, builder.add(row, _i64(h * VW)))
+                        mask = builder.and_(masks[h], in_rows)
+                        value = builder.fmul(alphas, sums[i * NV + h])
+                        if reads_c:
+                            old = _masked_load(builder, pointer, mask)
+                            value = builder.call(fma, [betas, old, value])
+                        _masked_store(builder, value, pointer, mask)
     return context.get_dummy_value()
 
 

@@ -17,6 +17,10 @@ differences, and exits 1 on any difference (or a variant that fails in one tree 
 
 Usage:
     python tools/compare_sources.py [REV]        # REV defaults to main
+
+Environment variables pass through to both trees: ``SYMNET_GEMM=openblas`` compares the
+float32 sources of a tree that has symnet's GEMM (codegen/gemm.py) with a revision from
+before it.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ from revision import ROOT, checked_out, resolve  # noqa: E402
 WORKERS = {
     "cpu": {},
     "cpu-scipy-blas": {"SYMNET_BLAS": "scipy"},
-    "cpu-openblas-gemm": {"SYMNET_GEMM": "openblas"},  # float32 products all in OpenBLAS
     "cuda": {"NUMBA_ENABLE_CUDASIM": "1"},
 }
 

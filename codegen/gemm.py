@@ -14,7 +14,8 @@ this product runs them at about 225.  The design is BLIS's:
   rows of B.  Only the other cases are packed into aligned panels: a transposed B (16 × 16
   register transposes, `_transpose16`), a transposed A, and partial panels at the edges,
   zero-padded, so no tile reads past an array.  The inner dimension is split into blocks
-  of ``KC`` and the columns into blocks of ``NC`` so that one block of packed B stays in L2.
+  (as deep as 800 when A is read in place, so that each row of A streams once; 256 when A
+  is packed) and C's columns into blocks, so that one block of B stays in L2.
 - Edge tiles are written through masks (`_tile`'s ``rows`` and ``cols``): no copy, no
   scratch tile.
 
@@ -48,10 +49,10 @@ from codegen.blas import CBLAS_SYMBOL, gemm_signature, load_gemm
 
 MR, NR, VW = 12, 32, 16  # register tile rows, columns; floats per AVX-512 vector
 NV = NR // VW  # vectors per tile row
-# Blocks of the inner dimension and of C's columns (`benchmarks/gemm_shapes.py`, caches
-# flushed before each product).  op(A) read in rows of A: one block of depth up to 800, so
-# that each row of A is read in one stream (4096×784·784×128 at KC 256 ran 1.2× slower);
-# packed A: 256 deep, 256 wide.  MC: rows of A packed at once.
+# Blocks of the inner dimension and of C's columns, chosen with the caches flushed before
+# each product (as the rest of a train step flushes them).  op(A) read in rows of A: one
+# block up to 800 deep, so that each row of A streams once (4096×784·784×128 at 256 deep
+# ran 1.2× slower); packed A: 256 deep, 256 wide.  MC: rows of A packed at once.
 KC_ROWS, NC_ROWS = 800, 128
 KC_PACKED, NC_PACKED = 256, 256
 MC = 384
@@ -64,7 +65,9 @@ _MASK = ir.VectorType(_I1, VW)
 _LANES = ir.VectorType(_I64, VW)
 
 
-OWN_MIN = 1 << 19  # multiply-adds from which this product beats OpenBLAS (module docstring)
+# Multiply-adds from which kernels use this product: below, OpenBLAS's fixed costs are
+# smaller (`benchmarks/gemm_shapes.py`: 32×10·10×128 took 0.5 µs here, 0.4 in OpenBLAS).
+OWN_MIN = 1 << 19
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """symnet's own float32 matrix product for AVX-512 CPUs, in CBLAS's row-major terms:
 ``C = alpha·op(A)·op(B) + beta·C``.
 
-Why: NumPy's bundled OpenBLAS runs the train step's large products at 180–210 GFLOP/s on
-this project's machine (`benchmarks/gemm_shapes.py`), where XLA runs them at about 211;
-this product runs them at about 225.  The design is BLIS's:
+Why: on this project's machine (`benchmarks/gemm_shapes.py`, one core, caches warm) NumPy's
+bundled OpenBLAS runs the train step's large products at 200–240 GFLOP/s, and X·Wᵀ at
+batch 32 at 99; this product runs them at 208–254, and at 173 (0.35–1.01× OpenBLAS's
+time; X·Wᵀ 0.57–0.90×).  The design is BLIS's:
 
 - A register tile of ``MR × NR`` = 12 × 32 entries of C: 24 AVX-512 accumulators.  Each step
   of the inner product loads 32 entries of a row of op(B) (two vectors) and broadcasts 12
@@ -66,7 +67,7 @@ _LANES = ir.VectorType(_I64, VW)
 
 
 # Multiply-adds from which kernels use this product: below, OpenBLAS's fixed costs are
-# smaller (`benchmarks/gemm_shapes.py`: 32×10·10×128 took 0.5 µs here, 0.4 in OpenBLAS).
+# smaller (`benchmarks/gemm_shapes.py`: 32×10·10×128 took 0.6 µs here, 0.4 in OpenBLAS).
 OWN_MIN = 1 << 19
 
 

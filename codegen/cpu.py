@@ -188,11 +188,11 @@ def _gemm_wide(A, ta, B, tb, C, alpha, beta, threads):
 
 
 # With symnet's GEMM (codegen/gemm.py) a product splits by rows whenever each thread gets
-# two rows of tiles (4096×784 · 784×128's weight gradient, 512×784 from a batch of 256:
-# 578 µs by rows, 660 by columns on 2 threads), and a weight gradient of a batch at least
-# four times its m + n splits the batch (the inner dimension) instead: each thread's
-# partial product in its own buffer, added in thread order (128×784 from 4096: 2.09 ms,
-# against 2.33 by columns; from a batch of 256 the split lost).
+# two rows of its 12-row tiles (the weight gradient 512×784 from a batch of 256: 578 µs by
+# rows, 660 by columns, 2 threads), and a weight gradient of a batch at least 4·(m + n)
+# splits the batch (the inner dimension) instead: each thread's partial product in its
+# own buffer, added in thread order (128×784 from 4096: 2.09 ms, against 2.33 by columns;
+# from a batch of 256 this split lost).
 OWN_SPLIT = """    elif ta and k >= 4 * (m + n):
         _gemm_inner(A, B, tb, C, alpha, beta, threads)
 """
@@ -205,7 +205,7 @@ def _gemm_inner(A, B, tb, C, alpha, beta, threads):
     m, n = C.shape
     k = A.shape[0]
     rows = (k + threads - 1) // threads
-    parts = np.zeros((threads - 1, m, n), C.dtype)
+    parts = np.empty((threads - 1, m, n), C.dtype)  # beta 0: written, never read
     for t in prange(threads):
         k0 = min(k, t * rows)
         a = A.ctypes.data + k0 * A.shape[1] * A.itemsize

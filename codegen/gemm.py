@@ -231,13 +231,19 @@ def _transpose16(typingctx, src, lds, dst, ldd):
 
 @intrinsic
 def _copy16(typingctx, src, dst, loaded, stored):
-    """``dst[0:stored] = src[0:loaded]``, zeros after ``loaded`` (both ≤ 16)."""
+    """``dst[0:stored] = src[0:loaded]``, zeros after ``loaded`` (both ≤ 16).  With
+    ``loaded ≤ 0`` nothing is read (no all-off masked load at an address past an array)."""
     sig = types.void(src, dst, loaded, stored)
 
     def codegen(context, builder, signature, args):
         src_, dst_, loaded_, stored_ = args
-        value = _masked_load(builder, src_, _lanes_below(builder, loaded_))
-        _masked_store(builder, value, dst_, _lanes_below(builder, stored_))
+        stores = _lanes_below(builder, stored_)
+        with builder.if_else(builder.icmp_signed(">", loaded_, _i64(0))) as (some, none):
+            with some:
+                value = _masked_load(builder, src_, _lanes_below(builder, loaded_))
+                _masked_store(builder, value, dst_, stores)
+            with none:
+                _masked_store(builder, ir.Constant(_VEC, [0.0] * VW), dst_, stores)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -49,6 +49,22 @@ def torch_mlp(torch, sizes, sn_model, optimizer: str, device=None):
     return model, getattr(torch.optim, optimizer)(model.parameters(), lr=LR[optimizer])
 
 
+def torch_step(model, opt, X, y):
+    """One PyTorch eager training step as every benchmark times it: ``zero_grad``,
+    cross-entropy of ``model(X)`` against integer labels ``y`` (tensors), ``backward``,
+    ``opt.step()``; returns the loss tensor."""
+    import torch.nn.functional as F
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(X), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
 def jax_mlp(jax, sn_model, optimizer: str):
     """The same MLP in JAX with ``sn_model``'s weights, written the way JAX's docs write a
     training step: ``(params, state, update)``.

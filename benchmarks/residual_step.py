@@ -156,21 +156,12 @@ def build_symnet(X, y):
 
 def build_torch(X, y):
     import torch
-    import torch.nn.functional as F
+    from mlp import torch_step
 
     torch.set_num_threads(1)
     model = torch_model(torch, symnet_model())
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(Xt), yt)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step
+    return torch_step(model, opt, torch.from_numpy(X), torch.from_numpy(y))
 
 
 BUILD = {"symnet": build_symnet, "torch": build_torch}

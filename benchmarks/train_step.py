@@ -229,20 +229,10 @@ def build_symnet(c: dict, X, y) -> tuple[Step, Callable[[object], None]]:
 
 def build_torch(c: dict, X, y) -> tuple[Step, Callable[[object], None]]:
     import torch
-    import torch.nn.functional as F
-    from mlp import symnet_mlp, torch_mlp
+    from mlp import symnet_mlp, torch_mlp, torch_step
 
     model, opt = torch_mlp(torch, c["sizes"], symnet_mlp(c["sizes"]), c["optimizer"])
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(Xt), yt)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return step, (lambda last: None)
+    return torch_step(model, opt, torch.from_numpy(X), torch.from_numpy(y)), (lambda last: None)
 
 
 def build_jax(c: dict, X, y) -> tuple[Step, Callable[[object], None]]:

@@ -15,8 +15,10 @@ time; X·Wᵀ 0.57–0.90×).  The design is BLIS's:
   rows of B.  Only the other cases are packed into aligned panels: a transposed B (16 × 16
   register transposes, `_transpose16`), a transposed A, and partial panels at the edges,
   zero-padded, so no tile reads past an array.  The inner dimension is split into blocks
-  (as deep as 800 when A is read in place, so that each row of A streams once; 256 when A
-  is packed) and C's columns into blocks, so that one block of B stays in L2.
+  (as deep as 800 when A is read in place, so that each row of A streams once, C's columns
+  in blocks so that one block of B stays in L2; 768 when A is packed, where each panel of
+  B meets every packed panel of A in turn, `_by_panels_of_b`).  The tile prefetches B's
+  rows `AHEAD` rows before it reads them.
 - Edge tiles are written through masks (`_tile`'s ``rows`` and ``cols``): no copy, no
   scratch tile.
 
@@ -53,10 +55,13 @@ NV = NR // VW  # vectors per tile row
 # Blocks of the inner dimension and of C's columns, chosen with the caches flushed before
 # each product (as the rest of a train step flushes them).  op(A) read in rows of A: one
 # block up to 800 deep, so that each row of A streams once (4096×784·784×128 at 256 deep
-# ran 1.2× slower); packed A: 256 deep, 256 wide.  MC: rows of A packed at once.
+# ran 1.2× slower), C's columns in blocks of 128.  Packed A (a weight gradient dZᵀ·X): 768
+# deep, so that C (the gradient) makes fewer round trips to L3 (128×784 from 4096: 0.90×
+# the time at 256 deep), and at most A_BLOCK bytes of A packed at once.
 KC_ROWS, NC_ROWS = 800, 128
-KC_PACKED, NC_PACKED = 256, 256
-MC = 384
+KC_PACKED = 768
+A_BLOCK = 512 * 1024
+AHEAD = 64  # rows of B prefetched ahead of the tile's inner loop (128×784 from 4096: 0.93×)
 ALIGN = 64  # bytes: packed panels start on a cache line
 
 _F32 = ir.FloatType()
@@ -95,6 +100,15 @@ def _masked_store(builder, value, pointer, mask):
                       [_VEC, _VEC.as_pointer(), _I32, _MASK])
     builder.call(store, [value, builder.bitcast(pointer, _VEC.as_pointer()),
                          ir.Constant(_I32, 4), mask])
+
+
+def _prefetch(builder, pointer):
+    """Prefetch ``pointer``'s line into L1 for reading (a hint: it never faults)."""
+    bytes_ = ir.IntType(8).as_pointer()
+    prefetch = _function(builder.module, "llvm.prefetch.p0i8", ir.VoidType(),
+                         [bytes_, _I32, _I32, _I32])
+    builder.call(prefetch, [builder.bitcast(pointer, bytes_), ir.Constant(_I32, 0),
+                            ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
 
 
 def _splat(builder, scalar, vector_type=_VEC):
@@ -153,6 +167,14 @@ def _tile_code(context, builder, signature, args):
         phi = builder.phi(_VEC)
         phi.add_incoming(zero, entry)
         accumulators.append(phi)
+    # B's row AHEAD rows on (the last row near the end) into L1: rows of B read where they
+    # lie are a stride apart, which the hardware prefetchers do not run far enough ahead on.
+    ahead = builder.add(k, _i64(AHEAD))
+    last = builder.sub(kc_, _i64(1))
+    ahead_row = builder.mul(builder.select(builder.icmp_signed("<", ahead, kc_), ahead, last),
+                            ldb_)
+    for offset in (0, VW, NR - 1):  # every line of 32 entries, aligned or not
+        _prefetch(builder, _at(builder, b_, builder.add(ahead_row, _i64(offset))))
     b_row = builder.mul(k, ldb_)
     b_vectors = [builder.load(_vector_at(builder, b_, builder.add(b_row, _i64(h * VW))),
                               align=4) for h in range(NV)]
@@ -322,16 +344,15 @@ def sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     """``C = alpha·op(A)·op(B) + beta·C`` as CBLAS's row-major ``sgemm``: ``a``, ``b``,
     ``c`` are the addresses of float32 arrays, ``op(X)`` is Xᵀ where ``tx``; C is m × n and
     the inner dimension k."""
-    if ta:
-        blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC_PACKED, NC_PACKED)
-    else:
-        blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC_ROWS, NC_ROWS)
+    blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                  KC_PACKED if ta else KC_ROWS, NC_ROWS)
 
 
 @njit(cache=True)
 def blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC, NC):
-    """`sgemm` with the blocks given: the inner dimension in equal blocks of at most ``KC``,
-    C's columns in blocks of ``NC``."""
+    """`sgemm` with the blocks given: the inner dimension in equal blocks of at most ``KC``
+    (a function of k alone, so that blocks of C's rows or columns sum in the same order as
+    the whole), C's columns in blocks of ``NC`` where op(A) is read in rows of A."""
     alpha, beta = np.float32(alpha), np.float32(beta)
     a, b, c = np.int64(a), np.int64(b), np.int64(c)  # uintp + int64 would be float64
     if m <= 0 or n <= 0:
@@ -342,60 +363,90 @@ def blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC, NC):
             for j in range(n):
                 view[i, j] = 0.0 if beta == 0 else beta * view[i, j]
         return
-    mc = MC if ta else m  # rows of A at once: all of them, unless A is packed
     depth = (k + (k + KC - 1) // KC - 1) // ((k + KC - 1) // KC)  # equal blocks of ≤ KC
+    if ta:
+        _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth)
+    else:
+        _by_rows_of_a(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, NC)
+
+
+@njit(cache=True)
+def _by_rows_of_a(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, NC):
+    """op(A) = A: 12 rows of A at a time stay in L1 while they meet every panel of a block
+    of ``NC`` columns of op(B) (packed where B is transposed or a panel is partial)."""
     b_panels = (min(NC, n) + NR - 1) // NR if tb else (1 if n % NR else 0)
-    a_panels = (min(mc, m) + MR - 1) // MR if ta else (1 if m % MR else 0)
     b_space = np.empty(b_panels * NR * depth + ALIGN // 4, np.float32)
-    a_space = np.empty(a_panels * MR * depth + ALIGN // 4, np.float32)
+    a_space = np.empty((MR * depth if m % MR else 0) + ALIGN // 4, np.float32)
     b_packed = _aligned(b_space)
     a_packed = _aligned(a_space)
-    one = np.float32(1.0)
+    panels_a = (m + MR - 1) // MR
     for pc in range(0, k, depth):
         kc = min(depth, k - pc)
-        accumulate = beta if pc == 0 else one
-        for ic in range(0, m, mc):
-            mrows = min(mc, m - ic)
-            panels_a = (mrows + MR - 1) // MR
-            if ta:
-                for p in range(panels_a):
-                    i0 = ic + p * MR
-                    _pack_a(True, a, lda, pc, kc, i0, min(MR, m - i0),
-                            a_packed + p * kc * MR * 4)
-            elif m % MR:
-                i0 = ic + (panels_a - 1) * MR
-                _pack_a(False, a, lda, pc, kc, i0, m - i0, a_packed)
-            for jc in range(0, n, NC):
-                ncols = min(NC, n - jc)
-                panels_b = (ncols + NR - 1) // NR
+        accumulate = beta if pc == 0 else np.float32(1.0)
+        if m % MR:
+            i0 = (panels_a - 1) * MR
+            _pack_a(False, a, lda, pc, kc, i0, m - i0, a_packed)
+        for jc in range(0, n, NC):
+            panels_b = (min(NC, n - jc) + NR - 1) // NR
+            for q in range(panels_b):
+                j0 = jc + q * NR
+                w = min(NR, n - j0)
+                if tb:
+                    _pack_b(True, b, ldb, pc, kc, j0, w, b_packed + q * kc * NR * 4)
+                elif w < NR:
+                    _pack_b(False, b, ldb, pc, kc, j0, w, b_packed)
+            for p in range(panels_a):
+                i0 = p * MR
+                rows = min(MR, m - i0)
+                if rows < MR:
+                    a_tile, rsa, csa = a_packed, 1, MR
+                else:
+                    a_tile, rsa, csa = a + (i0 * lda + pc) * 4, lda, 1
                 for q in range(panels_b):
                     j0 = jc + q * NR
                     w = min(NR, n - j0)
                     if tb:
-                        _pack_b(True, b, ldb, pc, kc, j0, w, b_packed + q * kc * NR * 4)
+                        b_tile, b_ld = b_packed + q * kc * NR * 4, NR
                     elif w < NR:
-                        _pack_b(False, b, ldb, pc, kc, j0, w, b_packed)
+                        b_tile, b_ld = b_packed, NR
+                    else:
+                        b_tile, b_ld = b + (pc * ldb + j0) * 4, ldb
+                    _tile(kc, _pointer(a_tile), rsa, csa, _pointer(b_tile), b_ld,
+                          _pointer(c + (i0 * ldc + j0) * 4), ldc, alpha, accumulate, rows, w)
+
+
+@njit(cache=True)
+def _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth):
+    """op(A) = Aᵀ (a weight gradient dZᵀ·X): the panels of up to `A_BLOCK` bytes of A are
+    packed once per block of the inner dimension; then each panel of op(B), read once (or
+    packed once), meets every one of them, the tile prefetching its next rows.  With the
+    panels of A meeting a panel of B rather than the converse, the large operand (X, rows
+    a stride apart) streams from memory once per block instead of stalling every tile."""
+    mc = min(max(1, A_BLOCK // (depth * 4 * MR)), (m + MR - 1) // MR) * MR
+    a_space = np.empty(mc * depth + ALIGN // 4, np.float32)
+    b_space = np.empty(NR * depth + ALIGN // 4, np.float32)
+    a_packed = _aligned(a_space)
+    b_packed = _aligned(b_space)
+    for pc in range(0, k, depth):
+        kc = min(depth, k - pc)
+        accumulate = beta if pc == 0 else np.float32(1.0)
+        for ic in range(0, m, mc):
+            panels_a = (min(mc, m - ic) + MR - 1) // MR
+            for p in range(panels_a):
+                i0 = ic + p * MR
+                _pack_a(True, a, lda, pc, kc, i0, min(MR, m - i0), a_packed + p * kc * MR * 4)
+            for j0 in range(0, n, NR):
+                w = min(NR, n - j0)
+                if tb or w < NR:
+                    _pack_b(tb, b, ldb, pc, kc, j0, w, b_packed)
+                    b_tile, b_ld = b_packed, NR
+                else:
+                    b_tile, b_ld = b + (pc * ldb + j0) * 4, ldb
                 for p in range(panels_a):
                     i0 = ic + p * MR
-                    rows = min(MR, m - i0)
-                    if ta:
-                        a_tile, rsa, csa = a_packed + p * kc * MR * 4, 1, MR
-                    elif rows < MR:
-                        a_tile, rsa, csa = a_packed, 1, MR
-                    else:
-                        a_tile, rsa, csa = a + (i0 * lda + pc) * 4, lda, 1
-                    for q in range(panels_b):
-                        j0 = jc + q * NR
-                        w = min(NR, n - j0)
-                        if tb:
-                            b_tile, b_ld = b_packed + q * kc * NR * 4, NR
-                        elif w < NR:
-                            b_tile, b_ld = b_packed, NR
-                        else:
-                            b_tile, b_ld = b + (pc * ldb + j0) * 4, ldb
-                        _tile(kc, _pointer(a_tile), rsa, csa, _pointer(b_tile), b_ld,
-                              _pointer(c + (i0 * ldc + j0) * 4), ldc, alpha, accumulate,
-                              rows, w)
+                    _tile(kc, _pointer(a_packed + p * kc * MR * 4), 1, MR, _pointer(b_tile),
+                          b_ld, _pointer(c + (i0 * ldc + j0) * 4), ldc, alpha, accumulate,
+                          min(MR, m - i0), w)
 
 
 @intrinsic

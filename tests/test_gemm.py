@@ -84,6 +84,22 @@ def test_small_blocks_cover_every_loop(ta, tb):
     assert np.abs(c - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("tb", (False, True))
+def test_transposed_a_packed_in_several_blocks(tb):
+    """A transposed A of more rows than `gemm.A_BLOCK` holds at the inner dimension's depth
+    is packed a block of rows at a time; every block meets every panel of B."""
+    m, n, k = 200, 40, 2000
+    depth = (k + (k + gemm.KC_PACKED - 1) // gemm.KC_PACKED - 1) // (
+        (k + gemm.KC_PACKED - 1) // gemm.KC_PACKED)
+    assert gemm.A_BLOCK // (depth * 4 * gemm.MR) * gemm.MR < m  # the test's premise
+    rng = np.random.default_rng(11)
+    a, b = _operands(rng, m, n, k, True, tb)
+    c = rng.standard_normal((m, n), dtype=np.float32)
+    expected = _reference(a, b, True, tb, m, n, k, 1.0, 1.0, c)
+    _run(gemm.sgemm, a, b, c, True, tb, m, n, k, 1.0, 1.0)
+    assert np.abs(c - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
 @pytest.mark.parametrize("ta,tb", [(False, True), (True, False), (False, False)])
 def test_row_and_column_blocks_give_the_same_bits(ta, tb):
     """A parallel step splits a product into blocks of C's rows or columns, each its own

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -82,10 +83,27 @@ def _check_private(folder: Path, root: Path) -> None:
                          f"a private folder")
 
 
+#: codegen's modules that generated code imports and calls while Numba compiles it: their
+#: text is part of every entry's name, since Numba's cache does not follow a change to what
+#: a cached kernel called (a kernel cached when ``load_gemm`` returned a Numba function kept
+#: that old product inside it, 1.15× slower, after ``load_gemm`` had moved on)
+RUNTIME_FILES = ("blas.py", "gemm.py")
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_fingerprint() -> str:
+    """A hash of `RUNTIME_FILES`' text."""
+    digest = hashlib.sha256()
+    for name in RUNTIME_FILES:
+        digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def toolchain() -> dict[str, str]:
     """The versions machine code depends on: a change to any of them means new entries."""
     return {"numba": numba.__version__, "numpy": np.__version__, "llvmlite": llvmlite.__version__,
-            "python": sys.version, "machine": platform.machine()}
+            "python": sys.version, "machine": platform.machine(),
+            "runtime": runtime_fingerprint()}
 
 
 def entry_name(source: str, options: dict) -> str:

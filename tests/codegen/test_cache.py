@@ -43,6 +43,29 @@ def _unique_source(tag: str) -> str:
     return SOURCE + f"\nTAG = {tag!r}\n"
 
 
+def test_a_change_to_what_kernels_call_means_new_entries(tmp_path, monkeypatch):
+    """Numba's cache does not notice that a function a cached kernel called has changed:
+    the text of codegen's modules that generated code calls is part of every name."""
+    (tmp_path / "blas.py").write_text("x = 1\n")
+    monkeypatch.setattr(cache, "__file__", str(tmp_path / "cache.py"))
+    monkeypatch.setattr(cache, "RUNTIME_FILES", ("blas.py",))
+    cache.runtime_fingerprint.cache_clear()
+    try:
+        before = cache.entry_name(SOURCE, OPTIONS)
+        assert before == cache.entry_name(SOURCE, OPTIONS)
+        (tmp_path / "blas.py").write_text("x = 2\n")
+        cache.runtime_fingerprint.cache_clear()
+        assert cache.entry_name(SOURCE, OPTIONS) != before
+    finally:
+        monkeypatch.undo()
+        cache.runtime_fingerprint.cache_clear()
+
+
+def test_runtime_files_are_codegen_modules():
+    folder = os.path.dirname(cache.__file__)
+    assert all(os.path.isfile(os.path.join(folder, name)) for name in cache.RUNTIME_FILES)
+
+
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMNET_CACHE_DIR", str(tmp_path / "a" / "b"))
     assert cache.cache_dir() == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()

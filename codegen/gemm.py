@@ -124,6 +124,11 @@ def _lanes_below(builder, count):
     return builder.icmp_signed("<", lanes, _splat(builder, count, _LANES))
 
 
+def _at_most(builder, value, bound):
+    """``min(value, bound)`` of two i64s."""
+    return builder.select(builder.icmp_signed("<", value, bound), value, bound)
+
+
 def _at(builder, pointer, offset):
     return builder.gep(pointer, [offset])
 
@@ -154,6 +159,15 @@ def _tile_code(context, builder, signature, args):
     kc_, a_, rsa_, csa_, b_, ldb_, c_, ldc_, alpha_, beta_, rows_, cols_ = args
     fma = _fma(builder)
     zero = ir.Constant(_VEC, [0.0] * VW)
+    # C's tile, which the stores will read unless beta is 0, into L1 while the loop runs
+    # (rows and columns past the tile's edge are its last ones: nothing past C is touched)
+    with builder.if_then(builder.fcmp_unordered("!=", beta_, ir.Constant(_F32, 0.0))):
+        offsets = [_at_most(builder, _i64(offset), builder.sub(cols_, _i64(1)))
+                   for offset in (0, VW, NR - 1)]
+        for i in range(MR):
+            row = builder.mul(_at_most(builder, _i64(i), builder.sub(rows_, _i64(1))), ldc_)
+            for offset in offsets:
+                _prefetch(builder, _at(builder, c_, builder.add(row, offset)))
     entry = builder.block
     loop = builder.append_basic_block("tile.loop")
     done = builder.append_basic_block("tile.done")
@@ -169,10 +183,8 @@ def _tile_code(context, builder, signature, args):
         accumulators.append(phi)
     # B's row AHEAD rows on (the last row near the end) into L1: rows of B read where they
     # lie are a stride apart, which the hardware prefetchers do not run far enough ahead on.
-    ahead = builder.add(k, _i64(AHEAD))
-    last = builder.sub(kc_, _i64(1))
-    ahead_row = builder.mul(builder.select(builder.icmp_signed("<", ahead, kc_), ahead, last),
-                            ldb_)
+    ahead_row = builder.mul(_at_most(builder, builder.add(k, _i64(AHEAD)),
+                                     builder.sub(kc_, _i64(1))), ldb_)
     for offset in (0, VW, NR - 1):  # every line of 32 entries, aligned or not
         _prefetch(builder, _at(builder, b_, builder.add(ahead_row, _i64(offset))))
     b_row = builder.mul(k, ldb_)

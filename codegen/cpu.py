@@ -298,6 +298,16 @@ def _nonfinite(a):
 """
 
 
+# The most terms per entry of a product that the train step sums inside the entry-wise loop
+# reading it (`codegen.fusion.inline_thin_products`) rather than calling the GEMM.  Measured
+# (one core, float32, N×k·k×128 read by a ReLU mask): alone, with its operands in cache,
+# the summing loop took 0.60–0.96× the GEMM and loop's time at k = 4, 0.93–1.74× at 10
+# (1.74× at batch 256: 10 µs against 6), 1.18–1.35× at 16, 1.4–1.8× at 24 and 32; inside
+# the 784-128-10 step (dA1 = dZ2·W2, k = 10, five rounds of fresh processes) the whole
+# step took 0.96× at batch 4096 (8.85 against 9.25 ms), 0.97–1.01× at 1 and 32.
+THIN_PRODUCTS = 10
+
+
 # What one entry of each kind of op costs, in halves of the cheapest loop's entry (a
 # broadcast add and a max, vectorised), as benchmarks/parallel_threshold.py measured them on
 # 2 threads: threads paid from 65,536–131,072 such entries, 16,384 of a three-array update

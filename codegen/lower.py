@@ -31,7 +31,12 @@ from codegen.expr import (
     Total,
     broadcast_base,
 )
-from codegen.fusion import fuse_gemm_updates, fuse_loops, fuse_row_totals
+from codegen.fusion import (
+    fuse_gemm_updates,
+    fuse_loops,
+    fuse_row_totals,
+    inline_thin_products,
+)
 from codegen.ir import (
     Buffer,
     CheckFinite,
@@ -334,7 +339,8 @@ def _scalar_reduction(eq: sp.Eq, ctx: _Context) -> None:
 
 def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[str, ...] = (),
           keep: frozenset[str] = frozenset(), one_hot: dict[str, str] | None = None,
-          guard_at: int | None = None, gemm_updates: bool = False) -> Program:
+          guard_at: int | None = None, gemm_updates: bool = False,
+          thin_products: int = 0) -> Program:
     """Lower ``equations`` (in order) to a fused `Program` named ``name``.
 
     Arguments are ``leading`` (the per-call inputs) followed by every other array the
@@ -350,6 +356,8 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
 
     ``gemm_updates`` lets a product that only an update ``P = P + c·G`` reads add into ``P``
     directly (`fuse_gemm_updates`; the CPU renderer supports it, the CUDA one does not).
+    ``thin_products``: a product of at most this many terms per entry, read by one
+    entry-wise loop, is summed inside that loop (`inline_thin_products`; 0: never).
     """
     ctx = _Context(batch, _column_matrices(equations))
     returns = None
@@ -370,6 +378,8 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
     ops = fuse_row_totals(ops, set(keep) | set(leading))
     if gemm_updates:
         ops = fuse_gemm_updates(ops, set(keep) | set(leading))
+    if thin_products:
+        ops = inline_thin_products(ops, set(keep) | set(leading), ctx.buffers, thin_products)
     arrays: list[str] = list(leading)
     for op in ops:
         for n in sorted(op.reads) + sorted(op.writes):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from codegen.cpu import THIN_PRODUCTS
 from symnet.backends import eager, kernels, layer_state
 from symnet.backends.step import Step
 from symnet.nn.devices import register
@@ -55,7 +56,8 @@ class TrainStep(Step):
 
     def _compile(self, parallel: bool | str) -> kernels.Unit:
         d = self.derivation
-        program = kernels.step_program(d, self.loss, self.check_finite, gemm_updates=True)
+        program = kernels.step_program(d, self.loss, self.check_finite, gemm_updates=True,
+                                       thin_products=THIN_PRODUCTS)
         unit = kernels.compile_unit([program], self.dtype, parallel, f"symnet train step: "
                                     f"{self.model!r}, {self.loss!r}, {self.optimizer!r}")
         unit.params, unit.outputs = dict(d.graph.params), int(d.graph.target.shape[0])

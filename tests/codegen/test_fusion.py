@@ -1,6 +1,7 @@
 """codegen.fusion.fuse_gemm_updates and the CPU's products: a product read only by an update
 ``P = P + c·G`` becomes one GEMM adding into P; both BLAS paths (`codegen.blas`) compared with
-NumPy's matmul in float64."""
+NumPy's matmul in float64.  `inline_thin_products`: a product of a few terms summed inside
+the loop that reads it, against NumPy."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sympy as sp
 from codegen import blas
 from codegen.cache import load_module
 from codegen.cpu import render_module
-from codegen.fusion import fuse_gemm_updates
+from codegen.fusion import fuse_gemm_updates, inline_thin_products
 from codegen.ir import Buffer, CheckFinite, I, J, Loop, MatMul, Program
 
 N = sp.Symbol("N", integer=True, positive=True)
@@ -174,3 +175,81 @@ def test_a_scale_only_the_fused_product_reads_is_a_parameter():
     expected = arrays["P"] - 0.5 * arrays["A"] @ arrays["B"]
     module.step(*(arrays[n] for n in program.arguments), 0.5)
     np.testing.assert_allclose(arrays["P"], expected, rtol=1e-12)
+
+
+def _thin(ta, tb, k=3, n=5):
+    """``G = op(A)·op(B)`` (N × n, ``k`` terms) read by ``Z = G ⊙ [H > 0]``, and buffers."""
+    buffers = {"A": Buffer("A", (k, N) if ta else (N, k)),
+               "B": Buffer("B", (n, k) if tb else (k, n)),
+               "G": Buffer("G", (N, n)), "H": Buffer("H", (N, n)), "Z": Buffer("Z", (N, n))}
+    H = sp.IndexedBase("H")
+    loop = Loop((N, n), (("Z", G[I, J] * sp.Heaviside(H[I, J], 0)),), formulas=("Z = ...",))
+    return (MatMul("G", ("A", ta), ("B", tb), "G = A*B"), loop), buffers
+
+
+@pytest.mark.parametrize("ta,tb", list(itertools.product((False, True), repeat=2)))
+def test_a_thin_product_is_summed_in_the_loop_that_reads_it(ta, tb):
+    ops, buffers = _thin(ta, tb)
+    (loop,) = inline_thin_products(ops, {"Z"}, buffers, 4)
+    assert isinstance(loop, Loop) and loop.reads == {"A", "B", "H"}
+    assert loop.formulas == ("G = A*B", "Z = ...")
+    program = Program("step", (loop,), ("A", "B", "H", "Z"), (), buffers)
+    module = load_module(render_module([program], N, real="float64"),
+                         {"test": "thin", "ta": ta, "tb": tb})
+    rng = np.random.default_rng(1)
+    for rows in (1, 7):
+        A = rng.standard_normal((3, rows) if ta else (rows, 3))
+        B = rng.standard_normal((5, 3) if tb else (3, 5))
+        H = rng.standard_normal((rows, 5))
+        Z = np.full((rows, 5), np.nan)
+        module.step(A, B, H, Z)
+        expected = ((A.T if ta else A) @ (B.T if tb else B)) * (H > 0)
+        np.testing.assert_allclose(Z, expected, rtol=1e-13, atol=1e-15)
+
+
+def _read_twice(ops, buffers):
+    return ops + (Loop((N, 5), (("Y", G[I, J] + 1),)),), buffers
+
+
+def _read_in_a_row(ops, buffers):
+    return (ops[0], Loop((N, 5), (("Z", G[I, 0] * G[I, J]),))), buffers
+
+
+def _operand_written_between(ops, buffers):
+    return (ops[0], Loop((N, 3), (("A", sp.IndexedBase("A")[I, J] * 2),)), ops[1]), buffers
+
+
+@pytest.mark.parametrize("change", [_read_twice, _read_in_a_row, _operand_written_between])
+def test_a_thin_product_stays_a_product_where_inlining_would_change_the_result(change):
+    ops, buffers = change(*_thin(False, False))
+    assert inline_thin_products(ops, {"Z", "Y"}, buffers, 4) == ops
+
+
+def test_only_products_of_a_constant_few_terms_are_inlined():
+    ops, buffers = _thin(False, False, k=5)
+    assert inline_thin_products(ops, {"Z"}, buffers, 4) == ops  # 5 terms > 4
+    assert len(inline_thin_products(ops, {"Z"}, buffers, 5)) == 1
+    assert inline_thin_products(ops, {"Z", "G"}, buffers, 5) == ops  # the product is kept
+    batch_inner = {**buffers, "A": Buffer("A", (N, N))}  # a weight gradient's inner batch
+    assert inline_thin_products(ops, {"Z"}, batch_inner, 16) == ops
+
+
+def test_two_thin_products_read_by_one_loop_are_both_summed():
+    """``dZ1 = Vᵀ·dH2 + Wᵀ·dH1`` (a GLU's input gradient): both products become the loop's
+    sums; neither is lost."""
+    E, F = sp.IndexedBase("E"), sp.IndexedBase("F")
+    buffers = {"A": Buffer("A", (N, 3)), "B": Buffer("B", (3, 5)), "C": Buffer("C", (N, 2)),
+               "D": Buffer("D", (2, 5)), "E": Buffer("E", (N, 5)), "F": Buffer("F", (N, 5)),
+               "Z": Buffer("Z", (N, 5))}
+    ops = (MatMul("E", ("A", False), ("B", False), "E = A*B"),
+           MatMul("F", ("C", False), ("D", False), "F = C*D"),
+           Loop((N, 5), (("Z", E[I, J] + 2 * F[I, J]),)))
+    (loop,) = inline_thin_products(ops, {"Z"}, buffers, 4)
+    assert loop.reads == {"A", "B", "C", "D"}
+    program = Program("step", (loop,), ("A", "B", "C", "D", "Z"), (), buffers)
+    module = load_module(render_module([program], N, real="float64"), {"test": "thin-two"})
+    rng = np.random.default_rng(4)
+    A, B, C, D = (rng.standard_normal(s) for s in ((6, 3), (3, 5), (6, 2), (2, 5)))
+    Z = np.full((6, 5), np.nan)
+    module.step(A, B, C, D, Z)
+    np.testing.assert_allclose(Z, A @ B + 2 * (C @ D), rtol=1e-13, atol=1e-15)

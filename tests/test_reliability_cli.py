@@ -464,8 +464,15 @@ def test_an_old_digits_checkpoint_evaluates_and_resumes(tmp_path, capsys):
     assert run([*small, "--save", straight]) == 0
     capsys.readouterr()
     a, b = sn.load(resumed), sn.load(straight)
+    # The checkpoint's 90 steps were taken by the kernels of its day; a product summed in a
+    # loop since (`codegen.fusion.inline_thin_products`) rounds differently, so the straight
+    # run's first 90 steps agree with them to float32 rounding, not bit for bit (resuming
+    # within one version is: tests/test_train_resume.py).  A resume from the wrong step,
+    # batch order or optimizer state is off by far more.
     for key in a["model"]:
-        assert a["model"][key].tobytes() == b["model"][key].tobytes(), key
+        scale = np.abs(b["model"][key]).max()
+        np.testing.assert_allclose(a["model"][key], b["model"][key], rtol=0,
+                                   atol=1e-5 * scale, err_msg=key)
     assert a["optimizer"]["step"] == b["optimizer"]["step"] == 135
 
 

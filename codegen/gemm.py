@@ -20,8 +20,8 @@ time; X·Wᵀ 0.57–0.90×).  The design is BLIS's:
   B meets every packed panel of A in turn, `_by_panels_of_b`).  The tile prefetches B's
   rows `AHEAD` rows before it reads them.
 - A product of at most 16 columns (an output layer of 10 classes) runs in 24 × 16 tiles
-  (`_narrow_tile`), which fill 16 of 16 lanes a row where 12 × 32 tiles fill 16 of 32
-  (4096×10·128: 79 µs, against 137 in 12 × 32 tiles and 137 in OpenBLAS).
+  (`_narrow_tile`): 10 columns use 10 of a row's 16 lanes there, against 10 of 32 in a
+  12 × 32 tile (4096×10·128: 79 µs, against 137 in 12 × 32 tiles and 137 in OpenBLAS).
 - Edge tiles are written through masks (`_tile`'s ``rows`` and ``cols``): no copy, no
   scratch tile.
 
@@ -169,8 +169,9 @@ def _tile(typingctx, kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols):
 
 @intrinsic
 def _narrow_tile(typingctx, kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols):
-    """`_tile` for a `MR_NARROW` × 16 tile: a product of at most 16 columns (a 10-class
-    output layer's ``A·Wᵀ``) fills 16 of its 32 entries a row, not 10 of 32."""
+    """`_tile` for a `MR_NARROW` × 16 tile, for a product of at most 16 columns (a 10-class
+    output layer's ``A·Wᵀ``: 10 of 16 lanes used, not 10 of 32).  B must be a packed
+    panel (it stays in L1); A's rows are prefetched instead."""
     sig = types.void(kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols)
     return sig, functools.partial(_tile_code, MR_NARROW, 1, True)
 

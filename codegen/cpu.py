@@ -67,8 +67,37 @@ def _render_loop(op: Loop, parallel: bool) -> list[str]:
     # Invariants in the arrays' own precision: `1 - beta1` is float64 in Numba (an int
     # minus a float32), and one float64 factor turns a whole float32 loop into float64.
     lines += [f"{s} = real({kernel_code(e)})" for s, e in plan.invariants]
+    if op.totals:
+        return lines + _render_totals(op, plan, parallel)
     header, pad = _loop_header(op.space, parallel)
     return lines + header + loop_statements(plan, len(op.space) == 2, kernel_code, pad)
+
+
+def _render_totals(op: Loop, plan, parallel: bool) -> list[str]:
+    """A loop with column totals: each row is computed, then added into the totals from
+    where it was just stored (in L1).  Adding each entry as it is computed kept the loop
+    from vectorising (4096×128, dZ1 and db1: 263 µs on 2 threads, against 153 µs this way
+    and 214 µs for the loop and a separate column sum).  On the threads, each block of rows
+    sums into its own partial row and the partials are added in block order (race-free, as
+    a threaded `RowSum`); serially the sum runs in the separate sum's order, bit for bit."""
+    rows, cols = (kernel_code(e) for e in op.space)
+    body = loop_statements(plan, True, kernel_code, INDENT * 3)
+    if not parallel:
+        return [*(f"{out}[:] = 0.0" for out, _ in op.totals), f"for i in range({rows}):",
+                f"{INDENT}for j in range({cols}):", *(line[len(INDENT):] for line in body),
+                f"{INDENT}for j in range({cols}):",
+                *(f"{INDENT * 2}{out}[j] += {src}[i, j]" for out, src in op.totals)]
+    first = f"_parts_{op.totals[0][0]}"
+    lines = [f"_parts_{out} = np.zeros((max(1, min(_nthreads, {rows})), {cols}), {out}.dtype)"
+             for out, _ in op.totals]
+    lines += [f"_rows = ({rows} + {first}.shape[0] - 1) // {first}.shape[0]",
+              f"for _c in prange({first}.shape[0]):",
+              f"{INDENT}for i in range(_c * _rows, min(_c * _rows + _rows, {rows})):",
+              f"{INDENT * 2}for j in range({cols}):", *body,
+              f"{INDENT * 2}for j in range({cols}):",
+              *(f"{INDENT * 3}_parts_{out}[_c, j] += {src}[i, j]" for out, src in op.totals)]
+    return lines + [f"_column_sum(_parts_{out}, 0, _parts_{out}.shape[0], {out})"
+                    for out, _ in op.totals]
 
 
 def _render_matmul(op: MatMul, parallel: bool, cblas: bool = False,

@@ -305,6 +305,9 @@ def _calls_helper(e: sp.Expr) -> bool:
 
 
 def _render_loop(op: Loop, r: _Render) -> None:
+    if op.totals:
+        raise NotImplementedError("codegen.cuda: a loop's column totals "
+                                  "(sum_columns_in_loops) are a CPU pass")
     # Device helpers (_sigmoid) cannot run on the host: such invariants go per thread.
     plan = plan_loop(op, per_entry=_calls_helper)
     two_d = len(op.space) == 2

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import sympy as sp
 
-from codegen.ir import I, J, Loop, MatMul, RowReduce, arrays_read
+from codegen.ir import I, J, Loop, MatMul, RowReduce, RowSum, arrays_read
 
 
 def fuse_loops(ops: tuple, keep: set[str]) -> tuple:
@@ -67,7 +67,7 @@ def _localise(merged: list, keep: set[str]) -> tuple:
         if isinstance(op, Loop):
             elsewhere = set().union(*(o.reads for n, o in enumerate(merged) if n != k))
             local = {t for t, _ in op.assigns if t not in keep and t not in elsewhere}
-            op = Loop(op.space, op.assigns, frozenset(local), op.formulas)
+            op = replace(op, locals=frozenset(local))
         result.append(op)
     return tuple(result)
 
@@ -154,3 +154,32 @@ def inline_thin_products(ops: tuple, keep: set[str], buffers: dict, most: int) -
         ops[r] = replace(loop, assigns=assigns, formulas=(op.formula, *loop.formulas))
         ops[n] = None
     return tuple(o for o in ops if o is not None)
+
+
+def sum_columns_in_loops(ops: tuple, keep: set[str]) -> tuple:
+    """A column sum (`RowSum`) of an array that an entry-wise loop has just written is
+    summed in that loop: ``dZ1`` and ``db1 = dZ1·1`` are one pass, and ``dZ1`` is not read
+    from memory a second time.
+
+    Only where the loop is the array's last writer, over the array's own space, and nothing
+    between the two reads or writes the sum's output or writes the array.
+    """
+    ops = list(ops)  # each moved sum leaves None, and its loop in its new form
+    for k, op in enumerate(ops):
+        if not isinstance(op, RowSum):
+            continue
+        writers = [n for n in range(k) if ops[n] is not None and op.src in ops[n].writes]
+        if not writers:
+            continue
+        n = writers[-1]
+        loop = ops[n]
+        between = [o for o in ops[n + 1:k] if o is not None]
+        touched = set().union(*(o.reads | o.writes for o in between))
+        if not isinstance(loop, Loop) or len(loop.space) != 2 or op.src not in loop.stored \
+                or op.out in touched | loop.reads | loop.writes:
+            continue
+        ops[n] = replace(loop, totals=(*loop.totals, (op.out, op.src)),
+                         formulas=(*loop.formulas, op.formula))
+        ops[k] = None
+    sources = {src for o in ops if isinstance(o, Loop) for _, src in o.totals}
+    return _localise([o for o in ops if o is not None], keep | sources)  # re-read per row

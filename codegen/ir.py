@@ -79,12 +79,15 @@ class Loop(Op):
     ``assigns`` are ``(target, expr)``; a target is an array name or, for a value no
     other kernel reads, a local scalar (``locals``).  Expressions read arrays through
     ``sympy.Indexed`` at ``[i, j]`` (matrices) or ``[j]`` (vectors broadcast over rows).
+    ``totals`` are ``(out, target)``: ``out[j] = Σ_i target[i, j]``, summed in the same
+    pass (a bias gradient beside its ``dZ``; `codegen.fusion.sum_columns_in_loops`).
     """
 
     space: tuple[sp.Expr, sp.Expr]
     assigns: tuple[tuple[str, sp.Expr], ...]
     locals: frozenset[str] = frozenset()
     formulas: tuple[str, ...] = ()
+    totals: tuple[tuple[str, str], ...] = ()
 
     @property
     def index(self) -> tuple[sp.Symbol, ...]:
@@ -102,7 +105,7 @@ class Loop(Op):
 
     @property
     def writes(self) -> frozenset[str]:
-        return frozenset(self.stored)
+        return frozenset(self.stored) | {out for out, _ in self.totals}
 
     @property
     def expressions(self) -> tuple[sp.Expr, ...]:

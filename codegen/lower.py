@@ -36,6 +36,7 @@ from codegen.fusion import (
     fuse_loops,
     fuse_row_totals,
     inline_thin_products,
+    sum_columns_in_loops,
 )
 from codegen.ir import (
     Buffer,
@@ -340,7 +341,7 @@ def _scalar_reduction(eq: sp.Eq, ctx: _Context) -> None:
 def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[str, ...] = (),
           keep: frozenset[str] = frozenset(), one_hot: dict[str, str] | None = None,
           guard_at: int | None = None, gemm_updates: bool = False,
-          thin_products: int = 0) -> Program:
+          thin_products: int = 0, column_totals: bool = False) -> Program:
     """Lower ``equations`` (in order) to a fused `Program` named ``name``.
 
     Arguments are ``leading`` (the per-call inputs) followed by every other array the
@@ -358,6 +359,8 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
     directly (`fuse_gemm_updates`; the CPU renderer supports it, the CUDA one does not).
     ``thin_products``: a product of at most this many terms per entry, read by one
     entry-wise loop, is summed inside that loop (`inline_thin_products`; 0: never).
+    ``column_totals``: a column sum of an array an entry-wise loop just wrote is summed in
+    that loop (`sum_columns_in_loops`; CPU only).
     """
     ctx = _Context(batch, _column_matrices(equations))
     returns = None
@@ -380,6 +383,8 @@ def lower(name: str, equations: list[sp.Eq], batch: sp.Symbol, leading: tuple[st
         ops = fuse_gemm_updates(ops, set(keep) | set(leading))
     if thin_products:
         ops = inline_thin_products(ops, set(keep) | set(leading), ctx.buffers, thin_products)
+    if column_totals:
+        ops = sum_columns_in_loops(ops, set(keep) | set(leading))
     arrays: list[str] = list(leading)
     for op in ops:
         for n in sorted(op.reads) + sorted(op.writes):

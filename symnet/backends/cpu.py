@@ -57,7 +57,7 @@ class TrainStep(Step):
     def _compile(self, parallel: bool | str) -> kernels.Unit:
         d = self.derivation
         program = kernels.step_program(d, self.loss, self.check_finite, gemm_updates=True,
-                                       thin_products=THIN_PRODUCTS)
+                                       thin_products=THIN_PRODUCTS, column_totals=True)
         unit = kernels.compile_unit([program], self.dtype, parallel, f"symnet train step: "
                                     f"{self.model!r}, {self.loss!r}, {self.optimizer!r}")
         unit.params, unit.outputs = dict(d.graph.params), int(d.graph.target.shape[0])

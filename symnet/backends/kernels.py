@@ -140,19 +140,22 @@ def target_arguments(loss: Loss) -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 def step_program(derivation, loss: Loss, check_finite: bool = False,
-                 gemm_updates: bool = False, thin_products: int = 0) -> Program:
+                 gemm_updates: bool = False, thin_products: int = 0,
+                 column_totals: bool = False) -> Program:
     """A derivation's fused train step as one program: forward, loss, backward, updates.
 
     ``check_finite`` puts the finite check between the last gradient and the first update;
     ``gemm_updates`` lets SGD add its product straight into the weight, ``thin_products``
-    sums a product of so few terms inside the loop that reads it (CPU renderer only).
+    sums a product of so few terms inside the loop that reads it, ``column_totals`` sums a
+    bias gradient in the loop that writes its ``dZ`` (CPU renderer only).
     """
     d = derivation
     leading, one_hot = target_arguments(loss)
     eqs = d.forward + d.backward + d.updates
     guard_at = len(eqs) - len(d.updates) if check_finite else None
     return lower("train_step", eqs, N, leading, frozenset(d.state_symbols()), one_hot,
-                 guard_at, gemm_updates=gemm_updates, thin_products=thin_products)
+                 guard_at, gemm_updates=gemm_updates, thin_products=thin_products,
+                 column_totals=column_totals)
 
 
 def compile_unit(programs: list[Program], dtype, parallel: bool | str, title: str) -> Unit:

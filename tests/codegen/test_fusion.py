@@ -1,7 +1,8 @@
 """codegen.fusion.fuse_gemm_updates and the CPU's products: a product read only by an update
 ``P = P + c·G`` becomes one GEMM adding into P; both BLAS paths (`codegen.blas`) compared with
 NumPy's matmul in float64.  `inline_thin_products`: a product of a few terms summed inside
-the loop that reads it, against NumPy."""
+the loop that reads it, against NumPy.  `sum_columns_in_loops`: a column sum done in the loop
+that writes its rows, serially and on the threads, against NumPy and the separate sum."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import sympy as sp
 from codegen import blas
 from codegen.cache import load_module
 from codegen.cpu import render_module
-from codegen.fusion import fuse_gemm_updates, inline_thin_products
-from codegen.ir import Buffer, CheckFinite, I, J, Loop, MatMul, Program
+from codegen.fusion import fuse_gemm_updates, inline_thin_products, sum_columns_in_loops
+from codegen.ir import Buffer, CheckFinite, I, J, Loop, MatMul, Program, RowSum
 
 N = sp.Symbol("N", integer=True, positive=True)
 lr = sp.Symbol("lr")
@@ -253,3 +254,74 @@ def test_two_thin_products_read_by_one_loop_are_both_summed():
     Z = np.full((6, 5), np.nan)
     module.step(A, B, C, D, Z)
     np.testing.assert_allclose(Z, A @ B + 2 * (C @ D), rtol=1e-13, atol=1e-15)
+
+
+def _dz_and_bias_gradient(n=5):
+    """``Z = G ⊙ [H > 0]``, ``Y = 2·G`` and ``b = Z·1`` (``c = Y·1``), as a bias gradient
+    beside its ``dZ``, and buffers."""
+    H = sp.IndexedBase("H")
+    buffers = {name: Buffer(name, (N, n)) for name in "GHZY"}
+    buffers |= {"b": Buffer("b", (n,)), "c": Buffer("c", (n,))}
+    loop = Loop((N, n), (("Z", G[I, J] * sp.Heaviside(H[I, J], 0)), ("Y", 2 * G[I, J])),
+                formulas=("Z = ...",))
+    return (loop, RowSum("b", "Z", "b = Z*1"), RowSum("c", "Y", "c = Y*1")), buffers
+
+
+def _run(ops, buffers, parallel, rows, seed=2):
+    program = Program("step", ops, ("G", "H", "Z", "Y", "b", "c"), (), buffers)
+    source = render_module([program], N, parallel=parallel, real="float64",
+                           min_work=0 if parallel else 2 * 131072)
+    module = load_module(source, {"test": "totals", "parallel": parallel, "n": len(ops)})
+    rng = np.random.default_rng(seed)
+    G_, H_ = rng.standard_normal((rows, 5)), rng.standard_normal((rows, 5))
+    out = {k: np.full(s, np.nan) for k, s in (("Z", (rows, 5)), ("Y", (rows, 5)),
+                                              ("b", 5), ("c", 5))}
+    module.step(G_, H_, out["Z"], out["Y"], out["b"], out["c"])
+    return G_, H_, out, source
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_column_sum_is_summed_in_the_loop_that_writes_its_rows(parallel):
+    ops, buffers = _dz_and_bias_gradient()
+    (loop,) = sum_columns_in_loops(ops, {"Z", "Y", "b", "c"})
+    assert loop.totals == (("b", "Z"), ("c", "Y")) and loop.writes == {"Z", "Y", "b", "c"}
+    assert loop.formulas == ("Z = ...", "b = Z*1", "c = Y*1")
+    for rows in (1, 7, 301):
+        G_, H_, out, source = _run((loop,), buffers, parallel, rows)
+        assert ("_parts_b[_c, j] += Z[i, j]" in source) == parallel
+        Z = G_ * (H_ > 0)
+        np.testing.assert_array_equal(out["Z"], Z)
+        np.testing.assert_array_equal(out["Y"], 2 * G_)
+        np.testing.assert_allclose(out["b"], Z.sum(axis=0), rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(out["c"], 2 * G_.sum(axis=0), rtol=1e-13, atol=1e-14)
+        # serially the sums run in the separate sum's order: the same bits
+        *_, alone, _ = _run(ops, buffers, False, rows)
+        if not parallel:
+            for name in "ZYbc":
+                assert np.array_equal(out[name], alone[name]), name
+
+
+def _sum_read_between(ops, buffers):
+    return (ops[0], Loop((N, 5), (("Y", sp.IndexedBase("b")[J] * 2),)), ops[1]), buffers
+
+
+def _sum_written_between(ops, buffers):
+    return (ops[0], Loop((5,), (("b", sp.IndexedBase("H")[0, I]),)), ops[1]), buffers
+
+
+def _rows_from_a_product(ops, buffers):
+    return (MatMul("Z", ("G", True), ("H", False), "Z = G.T*H"), ops[1]), buffers
+
+
+def _loop_reads_the_sum(ops, buffers):
+    loop = Loop((N, 5), (("Z", G[I, J] * sp.IndexedBase("b")[J]),))
+    return (loop, ops[1]), buffers
+
+
+@pytest.mark.parametrize("change", [_sum_read_between, _sum_written_between,
+                                    _rows_from_a_product, _loop_reads_the_sum])
+def test_a_column_sum_stays_apart_where_moving_it_would_change_the_result(change):
+    ops, buffers = change(*_dz_and_bias_gradient())
+    fused = sum_columns_in_loops(ops, {"Z", "Y", "b", "c"})
+    assert sum(isinstance(op, RowSum) for op in fused) == sum(
+        isinstance(op, RowSum) for op in ops)

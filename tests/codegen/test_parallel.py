@@ -211,9 +211,11 @@ def test_auto_keeps_small_work_serial():
     # batch-sized loops: both versions, chosen by size at run time (Z1 + b1 and ReLU: 128
     # entries a row, at cost 2 each)
     assert "if _nthreads > 1 and 256*N >= MIN_WORK:" in source
-    # the bias gradients' column sums stay serial (measured slower on threads)
+    # the bias gradients are summed in their dZ's loop, row by row as it is stored: on the
+    # threads into one partial row per block, serially straight into db1
     db1 = source[source.index("# db1 = dZ1*1"):source.index("# mW1 = ")]
-    assert "prange" not in db1 and "_column_sum" not in db1
+    assert "_parts_db1[_c, j] += dZ1[i, j]" in db1 and "        db1[j] += dZ1[i, j]" in db1
+    assert "_column_sum(_parts_db1, 0, _parts_db1.shape[0], db1)" in db1
     # W1's update (100,352 entries) on the threads when there are several; b2's (10) never
     w1 = source[source.index("# W1 = W1 - lr*mhatW1"):]
     assert w1.splitlines()[5].strip() == "if _nthreads > 1:", w1[:400]

@@ -120,14 +120,10 @@ def test_the_check_sits_between_the_gradients_and_the_updates():
     (at,) = [k for k, op in enumerate(ops) if isinstance(op, CheckFinite)]
     state = step.derivation.state_symbols()
 
-    def writes(op):
-        return {t for t, _ in op.assigns} - op.locals if isinstance(op, Loop) else \
-            {getattr(op, "out", None)}
-
     gradients = {"d" + name for name in step.derivation.graph.params}
-    assert all(not writes(op) & state for op in ops[:at])
-    assert all(writes(op) <= state for op in ops[at + 1:])
-    assert gradients <= set().union(*(writes(op) for op in ops[:at]))
+    assert all(not op.writes & state for op in ops[:at])
+    assert all(op.writes <= state for op in ops[at + 1:])
+    assert gradients <= set().union(*(op.writes for op in ops[:at]))
     assert {name for name, _ in ops[at].arrays} == gradients and ops[at].value == "L"
 
 

@@ -16,9 +16,9 @@ time; X·Wᵀ 0.57–0.90×).  The design is BLIS's:
   register transposes, `_transpose16`), a transposed A, and partial panels at the edges,
   zero-padded, so no tile reads past an array.  The inner dimension is split into blocks
   (as deep as 800 when A is read in place, so that each row of A streams once, C's columns
-  in blocks so that one block of B stays in L2; 768 when A is packed, where each panel of
-  B meets every packed panel of A in turn, `_by_panels_of_b`).  The tile prefetches B's
-  rows `AHEAD` rows before it reads them.
+  in blocks so that one block of B stays in L2; 256 when A is packed, where each panel of
+  B, itself packed when it meets eight or more, meets every packed panel of A in turn,
+  `_by_panels_of_b`).  The tile prefetches B's rows `AHEAD` rows before it reads them.
 - A product of at most 16 columns (an output layer of 10 classes) runs in 24 × 16 tiles
   (`_narrow_tile`): 10 columns use 10 of a row's 16 lanes there, against 10 of 32 in a
   12 × 32 tile (4096×10·128: 79 µs, against 137 in 12 × 32 tiles and 137 in OpenBLAS).
@@ -61,11 +61,17 @@ NV = NR // VW  # vectors per tile row
 # Blocks of the inner dimension and of C's columns, chosen with the caches flushed before
 # each product (as the rest of a train step flushes them).  op(A) read in rows of A: one
 # block up to 800 deep, so that each row of A streams once (4096×784·784×128 at 256 deep
-# ran 1.2× slower), C's columns in blocks of 128.  Packed A (a weight gradient dZᵀ·X): 768
-# deep, so that C (the gradient) makes fewer round trips to L3 (128×784 from 4096: 0.90×
-# the time at 256 deep), and at most A_BLOCK bytes of A packed at once.
+# ran 1.2× slower), C's columns in blocks of 128.  Packed A (a weight gradient dZᵀ·X): 256
+# deep, so that a panel of A and a packed panel of B fit in L1 together (12·256 + 32·256
+# floats: 44 KiB of 48), at most A_BLOCK bytes of A packed at once, and B's panels packed
+# when they meet at least PACK_B_PANELS panels of A.  B read where it lies (rows a stride
+# apart, a page or more each) wanted 768-deep blocks instead; packed at 256 deep, 128×784
+# from 4096 took 0.94–0.97× that time, 256×256 0.88×, 512×784 from 256 0.88–0.92×, and
+# 96×128 0.96–1.04× (one core, caches warm and flushed); with 1, 2 or 4 panels of A to
+# meet, packing lost (1.05–1.57×), and 256-deep blocks in place took 0.95–1.03×.
 KC_ROWS, NC_ROWS = 800, 128
-KC_PACKED = 768
+KC_PACKED = 256
+PACK_B_PANELS = 8
 A_BLOCK = 512 * 1024
 AHEAD = 64  # rows of B prefetched ahead of the tile's inner loop (128×784 from 4096: 0.93×)
 ALIGN = 64  # bytes: packed panels start on a cache line
@@ -471,10 +477,11 @@ def _by_rows_of_a(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, NC):
 @njit(cache=True)
 def _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth):
     """op(A) = Aᵀ (a weight gradient dZᵀ·X): the panels of up to `A_BLOCK` bytes of A are
-    packed once per block of the inner dimension; then each panel of op(B), read once (or
-    packed once), meets every one of them, the tile prefetching its next rows.  With the
-    panels of A meeting a panel of B rather than the converse, the large operand (X, rows
-    a stride apart) streams from memory once per block instead of stalling every tile."""
+    packed once per block of the inner dimension; then each panel of op(B), packed once
+    where it meets `PACK_B_PANELS` or more of them (else read where it lies), meets every
+    one of them, the tile prefetching its next rows.  With the panels of A meeting a panel
+    of B rather than the converse, the large operand (X) streams from memory once per
+    block instead of stalling every tile."""
     mc = min(max(1, A_BLOCK // (depth * 4 * MR)), (m + MR - 1) // MR) * MR
     a_space = np.empty(mc * depth + ALIGN // 4, np.float32)
     b_space = np.empty(NR * depth + ALIGN // 4, np.float32)
@@ -490,7 +497,7 @@ def _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth):
                 _pack_a(True, a, lda, pc, kc, i0, min(MR, m - i0), a_packed + p * kc * MR * 4)
             for j0 in range(0, n, NR):
                 w = min(NR, n - j0)
-                if tb or w < NR:
+                if tb or w < NR or panels_a >= PACK_B_PANELS:
                     _pack_b(tb, b, ldb, pc, kc, j0, w, b_packed)
                     b_tile, b_ld = b_packed, NR
                 else:

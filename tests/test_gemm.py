@@ -88,11 +88,14 @@ def test_small_blocks_cover_every_loop(ta, tb):
 @pytest.mark.parametrize("tb", (False, True))
 def test_transposed_a_packed_in_several_blocks(tb):
     """A transposed A of more rows than `gemm.A_BLOCK` holds at the inner dimension's depth
-    is packed a block of rows at a time; every block meets every panel of B."""
-    m, n, k = 200, 40, 2000
+    is packed a block of rows at a time; every block meets every panel of B (packed for
+    the first block's `gemm.PACK_B_PANELS` or more panels of A, read in place for the
+    last block's 3)."""
+    m, n, k = 540, 40, 512
     depth = (k + (k + gemm.KC_PACKED - 1) // gemm.KC_PACKED - 1) // (
         (k + gemm.KC_PACKED - 1) // gemm.KC_PACKED)
-    assert gemm.A_BLOCK // (depth * 4 * gemm.MR) * gemm.MR < m  # the test's premise
+    first = gemm.A_BLOCK // (depth * 4 * gemm.MR)  # the test's premise: two blocks,
+    assert first >= gemm.PACK_B_PANELS and 0 < m - first * gemm.MR < gemm.PACK_B_PANELS * gemm.MR
     rng = np.random.default_rng(11)
     a, b = _operands(rng, m, n, k, True, tb)
     c = rng.standard_normal((m, n), dtype=np.float32)
@@ -105,14 +108,15 @@ def test_transposed_a_packed_in_several_blocks(tb):
 @pytest.mark.parametrize("ta,tb", [(False, True), (True, False), (False, False)])
 def test_row_and_column_blocks_give_the_same_bits(ta, tb, n):
     """A parallel step splits a product into blocks of C's rows or columns, each its own
-    call: every entry is the same sum in the same order, so the bits are the whole call's."""
-    m, k = 50, 300
+    call: every entry is the same sum in the same order, so the bits are the whole call's
+    (a weight gradient's 9 panels of A meet packed panels of B, 4 or 5 meet B in place)."""
+    m, k = (108 if ta else 50), 300
     rng = np.random.default_rng(3)
     a, b = _operands(rng, m, n, k, ta, tb)
     whole = np.zeros((m, n), np.float32)
     _run(gemm.sgemm, a, b, whole, ta, tb, m, n, k, 1.0, 0.0)
     item = 4
-    for cut in (7, 25, 48):  # rows
+    for cut in (7, 25, 48) if m == 50 else (7, 48, 60):  # rows
         parts = np.zeros((m, n), np.float32)
         for r0, r1 in ((0, cut), (cut, m)):
             a_at = a.ctypes.data + (r0 if ta else r0 * a.shape[1]) * item

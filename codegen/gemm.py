@@ -66,9 +66,11 @@ NV = NR // VW  # vectors per tile row
 # floats: 44 KiB of 48), at most A_BLOCK bytes of A packed at once, and B's panels packed
 # when they meet at least PACK_B_PANELS panels of A.  B read where it lies (rows a stride
 # apart, a page or more each) wanted 768-deep blocks instead; packed at 256 deep, 128×784
-# from 4096 took 0.94–0.97× that time, 256×256 0.88×, 512×784 from 256 0.88–0.92×, and
-# 96×128 0.96–1.04× (one core, caches warm and flushed); with 1, 2 or 4 panels of A to
-# meet, packing lost (1.05–1.57×), and 256-deep blocks in place took 0.95–1.03×.
+# from 4096 took 0.94–1.01× that time, 256×256 0.88–0.94×, 512×512 from 256 0.90×, and
+# 96×128 0.94–1.09× (one core, caches warm and flushed, several runs); with 1, 2 or 4
+# panels of A to meet, packing lost (1.05–1.57×), and 256-deep blocks in place took
+# 0.89–1.11× (48×784 from 4096: 1.05–1.11×).  The depth depends on k alone, so that a
+# product split by rows sums as the whole does (`benchmarks/gemm_blocks.py`).
 KC_ROWS, NC_ROWS = 800, 128
 KC_PACKED = 256
 PACK_B_PANELS = 8
@@ -396,14 +398,17 @@ def sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     ``c`` are the addresses of float32 arrays, ``op(X)`` is Xᵀ where ``tx``; C is m × n and
     the inner dimension k."""
     blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                  KC_PACKED if ta else KC_ROWS, NC_ROWS)
+                  KC_PACKED if ta else KC_ROWS, NC_ROWS, PACK_B_PANELS)
 
 
 @njit(cache=True)
-def blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC, NC):
+def blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC, NC,
+                  pack_from=PACK_B_PANELS):
     """`sgemm` with the blocks given: the inner dimension in equal blocks of at most ``KC``
     (a function of k alone, so that blocks of C's rows or columns sum in the same order as
-    the whole), C's columns in blocks of ``NC`` where op(A) is read in rows of A."""
+    the whole), C's columns in blocks of ``NC`` where op(A) is read in rows of A; where
+    op(A) = Aᵀ, B's panels packed when they meet ``pack_from`` or more panels of A
+    (`benchmarks/gemm_blocks.py` times the choices)."""
     alpha, beta = np.float32(alpha), np.float32(beta)
     a, b, c = np.int64(a), np.int64(b), np.int64(c)  # uintp + int64 would be float64
     if m <= 0 or n <= 0:
@@ -416,7 +421,7 @@ def blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC, NC):
         return
     depth = (k + (k + KC - 1) // KC - 1) // ((k + KC - 1) // KC)  # equal blocks of ≤ KC
     if ta:
-        _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth)
+        _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, pack_from)
     else:
         _by_rows_of_a(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, NC)
 
@@ -475,10 +480,10 @@ def _by_rows_of_a(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, NC):
 
 
 @njit(cache=True)
-def _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth):
+def _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, pack_from):
     """op(A) = Aᵀ (a weight gradient dZᵀ·X): the panels of up to `A_BLOCK` bytes of A are
     packed once per block of the inner dimension; then each panel of op(B), packed once
-    where it meets `PACK_B_PANELS` or more of them (else read where it lies), meets every
+    where it meets ``pack_from`` or more of them (else read where it lies), meets every
     one of them, the tile prefetching its next rows.  With the panels of A meeting a panel
     of B rather than the converse, the large operand (X) streams from memory once per
     block instead of stalling every tile."""
@@ -497,7 +502,7 @@ def _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth):
                 _pack_a(True, a, lda, pc, kc, i0, min(MR, m - i0), a_packed + p * kc * MR * 4)
             for j0 in range(0, n, NR):
                 w = min(NR, n - j0)
-                if tb or w < NR or panels_a >= PACK_B_PANELS:
+                if tb or w < NR or panels_a >= pack_from:
                     _pack_b(tb, b, ldb, pc, kc, j0, w, b_packed)
                     b_tile, b_ld = b_packed, NR
                 else:

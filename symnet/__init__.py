@@ -18,6 +18,7 @@ from symnet import optim
 from symnet.app.checkpoint import load_model
 from symnet.backends import compile, cuda
 from symnet.backends.cpu import TrainStep
+from symnet.backends.denormals import set_flush_denormal
 from symnet.backends.threads import get_num_threads, set_num_threads
 from symnet.io import load, save
 from symnet.nn import (
@@ -73,7 +74,7 @@ __all__ = [
     "LeakyReLU", "Linear", "LogSoftmax", "Loss", "MSELoss", "Module", "NLLLoss", "Parameter",
     "ReLU", "Sequential", "SiLU", "Sigmoid", "Softmax", "Softplus", "Tanh", "TrainStep",
     "__version__", "compile", "cuda", "derive", "get_num_threads", "load", "load_model",
-    "manual_seed", "optim", "save", "set_num_threads",
+    "manual_seed", "optim", "save", "set_flush_denormal", "set_num_threads",
     "BatchNorm1d", "Dropout", "Identity", "init", "LayerNorm", "RMSNorm", "Value",
     "elementwise", "exp", "gelu",
     "leaky_relu", "log", "log_softmax",

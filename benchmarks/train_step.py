@@ -6,6 +6,7 @@ Usage:
     .venv/bin/python benchmarks/train_step.py --quick          # smoke run (< 90 s)
     .venv/bin/python benchmarks/train_step.py --batches 256 --rounds 1
     .venv/bin/python benchmarks/train_step.py --json out.json  # also write every measurement
+    .venv/bin/python benchmarks/train_step.py --flush-denormal # denormals flushed, as XLA's
     .venv/bin/python benchmarks/train_step.py --models 784-128-10 --optimizers Adam \\
         --libraries symnet,torch --modes default --no-compile
 
@@ -121,6 +122,9 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--modes", metavar="LIST", help="only these of one,default")
     p.add_argument("--no-compile", action="store_true",
                    help="skip the cold-compile / cache-load subprocesses")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="symnet and PyTorch flush denormals to zero (sn.set_flush_denormal, "
+                        "torch.set_flush_denormal), as XLA does by default")
     p.add_argument("--child", choices=LIBRARIES, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -385,6 +389,14 @@ def child_main(library: str, spec: dict) -> dict:
     except ImportError as e:
         return {"missing": f"{type(e).__name__}: {e}"}
     rate = gemm_gflops(spec["gemm_reps"])  # before the library's own pools start
+    if spec.get("flush_denormal") and library == "symnet":
+        import symnet as sn
+
+        sn.set_flush_denormal(True)
+    elif spec.get("flush_denormal") and library == "torch":
+        import torch
+
+        torch.set_flush_denormal(True)
     rows = [time_config(library, c, spec) for c in spec["configs"]]
     return {"versions": versions, "gemm_gflops": rate, "rows": rows,
             "threads": thread_report(library),
@@ -668,7 +680,8 @@ def print_header(runs: list[dict], missing: dict, modes: list[str], spec: dict,
                  summary: dict) -> None:
     print("## symnet train step vs JAX jit and PyTorch eager (float32; each library alone "
           f"in its own process; median over {rounds} round(s) of the median of "
-          f"{spec['blocks']} blocks{' — QUICK smoke run' if quick else ''})\n")
+          f"{spec['blocks']} blocks{' — QUICK smoke run' if quick else ''}"
+          f"{'; symnet and PyTorch flush denormals' if spec.get('flush_denormal') else ''})\n")
     print(f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, {platform.platform()}; load "
           f"average at start / end: {loads[0]} / {loads[1]}")
     versions: dict = {}
@@ -754,7 +767,7 @@ def main() -> int:
         raise SystemExit("train_step.py: no row matches the filters")
     spec = {"configs": configs, "blocks": args.blocks or (3 if quick else 15),
             "block_s": 0.01 if quick else 0.03, "warmup_s": 0.05 if quick else 0.3,
-            "gemm_reps": 3 if quick else 8}
+            "gemm_reps": 3 if quick else 8, "flush_denormal": args.flush_denormal}
     cpu = taskset_cpu()
     load_start = load_average()
     runs, missing = run_all(libraries, modes, rounds, spec, cpu)

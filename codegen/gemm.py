@@ -66,11 +66,11 @@ NV = NR // VW  # vectors per tile row
 # floats: 44 KiB of 48), at most A_BLOCK bytes of A packed at once, and B's panels packed
 # when they meet at least PACK_B_PANELS panels of A.  B read where it lies (rows a stride
 # apart, a page or more each) wanted 768-deep blocks instead; packed at 256 deep, 128×784
-# from 4096 took 0.94–1.01× that time, 256×256 0.88–0.94×, 512×512 from 256 0.90×, and
-# 96×128 0.94–1.09× (one core, caches warm and flushed, several runs); with 1, 2 or 4
-# panels of A to meet, packing lost (1.05–1.57×), and 256-deep blocks in place took
-# 0.89–1.11× (48×784 from 4096: 1.05–1.11×).  The depth depends on k alone, so that a
-# product split by rows sums as the whole does (`benchmarks/gemm_blocks.py`).
+# from 4096 took 0.94–1.01× that time, 256×256 0.87–0.94×, 512×512 and 512×784 from 256
+# 0.88–0.92×, and 96×128 0.94–1.09× (one core, caches warm and flushed, several runs);
+# with 1, 2 or 4 panels of A to meet, packing lost (1.05–1.9×), and 256-deep blocks in
+# place took 0.89–1.11× (48×784 from 4096: 0.98–1.11×).  The depth depends on k alone, so
+# that a product split by rows sums as the whole does (`benchmarks/gemm_blocks.py`).
 KC_ROWS, NC_ROWS = 800, 128
 KC_PACKED = 256
 PACK_B_PANELS = 8

@@ -10,7 +10,10 @@ revision, then the working tree, each in a fresh process with its own empty kern
 pinned to one core (``taskset -c 0`` where present, one BLAS and Numba thread), or with the
 default threads (``--default-threads``: no thread variable, no taskset); a process reports
 the median µs per step over 15 blocks.  The table gives each tree's median over the rounds
-and their ratio; the rounds' ranges show the noise.
+and their ratio; the rounds' ranges show the noise.  Each process trains one fixed batch for
+thousands of steps: Adam at batch 1 and 32 fits it, its gradients go denormal, and on CPUs
+with slow denormals (an Intel Xeon host: 10× slower steps) those rows time that, in both
+trees (`benchmarks/denormals.py`).
 """
 
 from __future__ import annotations

@@ -333,7 +333,8 @@ def _nonfinite(a):
 # the summing loop took 0.60–0.96× the GEMM and loop's time at k = 4, 0.93–1.74× at 10
 # (1.74× at batch 256: 10 µs against 6), 1.18–1.35× at 16, 1.4–1.8× at 24 and 32; inside
 # the 784-128-10 step (dA1 = dZ2·W2, k = 10, five rounds of fresh processes) the whole
-# step took 0.96× at batch 4096 (8.85 against 9.25 ms), 0.97–1.01× at 1 and 32.
+# step took 0.96× at batch 4096 (8.85 against 9.25 ms), 0.97–1.01× at 1 and 32 (an AMD
+# Zen 5 host; `benchmarks/thin_products.py` repeats the first measurement).
 THIN_PRODUCTS = 10
 
 

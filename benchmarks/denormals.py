@@ -28,7 +28,7 @@ CHILD = """
 import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from mlp import LR, symnet_mlp, symnet_optimizer, torch_mlp, torch_step
+from mlp import symnet_mlp, symnet_optimizer, torch_mlp, torch_step
 import symnet as sn
 library, flush, blocks = sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 rng = np.random.default_rng(0)

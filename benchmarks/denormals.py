@@ -1,8 +1,8 @@
 """What denormal floats cost a step that has fitted its batch, and what flushing them saves:
 784-128-10 (ReLU, cross-entropy, float32) trained with Adam on one fixed sample, µs per
-step over blocks of 1,000 steps, with IEEE arithmetic and with `sn.set_flush_denormal`
-(PyTorch, when installed, with ``torch.set_flush_denormal``), each in a fresh process on one
-core.
+step over blocks of 1,000 steps, with IEEE arithmetic (``sn.compile(..., denormals="ieee")``)
+and flushed to zero (symnet's default, ``denormals="auto"``; PyTorch, when installed,
+without and with ``torch.set_flush_denormal``), each in a fresh process on one core.
 
 The loss reaches 0 within a few thousand steps; from there the gradients, and Adam's
 moments after them, decay through the denormal range, which many x86 CPUs compute on a slow
@@ -35,9 +35,8 @@ rng = np.random.default_rng(0)
 X, y = rng.random((1, 784), np.float32), rng.integers(0, 10, 1)
 model = symnet_mlp((784, 128, 10))
 if library == "symnet":
-    sn.set_flush_denormal(flush)
     step = sn.compile(model, sn.CrossEntropyLoss(), symnet_optimizer("Adam", model.parameters()),
-                      check_finite=False)
+                      check_finite=False, denormals="auto" if flush else "ieee")
     run = lambda: step(X, y)
 else:
     import torch

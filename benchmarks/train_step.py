@@ -6,7 +6,8 @@ Usage:
     .venv/bin/python benchmarks/train_step.py --quick          # smoke run (< 90 s)
     .venv/bin/python benchmarks/train_step.py --batches 256 --rounds 1
     .venv/bin/python benchmarks/train_step.py --json out.json  # also write every measurement
-    .venv/bin/python benchmarks/train_step.py --flush-denormal # denormals flushed, as XLA's
+    .venv/bin/python benchmarks/train_step.py --flush-denormal # PyTorch flushes denormals too
+    .venv/bin/python benchmarks/train_step.py --ieee-denormals # symnet keeps them (IEEE)
     .venv/bin/python benchmarks/train_step.py --models 784-128-10 --optimizers Adam \\
         --libraries symnet,torch --modes default --no-compile
 
@@ -123,8 +124,11 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true",
                    help="skip the cold-compile / cache-load subprocesses")
     p.add_argument("--flush-denormal", action="store_true",
-                   help="symnet and PyTorch flush denormals to zero (sn.set_flush_denormal, "
-                        "torch.set_flush_denormal), as XLA does by default")
+                   help="PyTorch flushes denormals to zero too (torch.set_flush_denormal), as "
+                        "symnet's step and XLA do by default")
+    p.add_argument("--ieee-denormals", action="store_true",
+                   help="symnet's step keeps IEEE denormals (sn.compile(..., "
+                        "denormals='ieee')), as PyTorch does by default")
     p.add_argument("--child", choices=LIBRARIES, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -220,6 +224,10 @@ def _batch(c: dict):
     return X, y
 
 
+#: symnet's ``denormals`` (``--ieee-denormals``: "ieee")
+DENORMALS = ["auto"]
+
+
 def build_symnet(c: dict, X, y) -> tuple[Step, Callable[[object], None]]:
     from mlp import symnet_mlp, symnet_optimizer
 
@@ -227,7 +235,8 @@ def build_symnet(c: dict, X, y) -> tuple[Step, Callable[[object], None]]:
 
     model = symnet_mlp(c["sizes"])
     opt = symnet_optimizer(c["optimizer"], model.parameters())
-    step = sn.compile(model, sn.CrossEntropyLoss(), opt, check_finite=False)
+    step = sn.compile(model, sn.CrossEntropyLoss(), opt, check_finite=False,
+                      denormals=DENORMALS[0])
     return (lambda: step(X, y)), (lambda last: None)
 
 
@@ -389,10 +398,8 @@ def child_main(library: str, spec: dict) -> dict:
     except ImportError as e:
         return {"missing": f"{type(e).__name__}: {e}"}
     rate = gemm_gflops(spec["gemm_reps"])  # before the library's own pools start
-    if spec.get("flush_denormal") and library == "symnet":
-        import symnet as sn
-
-        sn.set_flush_denormal(True)
+    if spec.get("ieee_denormals") and library == "symnet":
+        DENORMALS[0] = "ieee"
     elif spec.get("flush_denormal") and library == "torch":
         import torch
 
@@ -681,7 +688,8 @@ def print_header(runs: list[dict], missing: dict, modes: list[str], spec: dict,
     print("## symnet train step vs JAX jit and PyTorch eager (float32; each library alone "
           f"in its own process; median over {rounds} round(s) of the median of "
           f"{spec['blocks']} blocks{' — QUICK smoke run' if quick else ''}"
-          f"{'; symnet and PyTorch flush denormals' if spec.get('flush_denormal') else ''})\n")
+          f"{'; PyTorch flushes denormals too' if spec.get('flush_denormal') else ''}"
+          f"{'; symnet keeps IEEE denormals' if spec.get('ieee_denormals') else ''})\n")
     print(f"- machine: {cpu_name()}, {os.cpu_count()} CPUs, {platform.platform()}; load "
           f"average at start / end: {loads[0]} / {loads[1]}")
     versions: dict = {}
@@ -767,7 +775,8 @@ def main() -> int:
         raise SystemExit("train_step.py: no row matches the filters")
     spec = {"configs": configs, "blocks": args.blocks or (3 if quick else 15),
             "block_s": 0.01 if quick else 0.03, "warmup_s": 0.05 if quick else 0.3,
-            "gemm_reps": 3 if quick else 8, "flush_denormal": args.flush_denormal}
+            "gemm_reps": 3 if quick else 8, "flush_denormal": args.flush_denormal,
+            "ieee_denormals": args.ieee_denormals}
     cpu = taskset_cpu()
     load_start = load_average()
     runs, missing = run_all(libraries, modes, rounds, spec, cpu)

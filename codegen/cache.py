@@ -87,7 +87,7 @@ def _check_private(folder: Path, root: Path) -> None:
 #: text is part of every entry's name, since Numba's cache does not follow a change to what
 #: a cached kernel called (a kernel cached when ``load_gemm`` returned a Numba function kept
 #: that old product inside it, 1.15× slower, after ``load_gemm`` had moved on)
-RUNTIME_FILES = ("blas.py", "gemm.py")
+RUNTIME_FILES = ("blas.py", "fpenv.py", "gemm.py")
 
 
 @functools.lru_cache(maxsize=1)

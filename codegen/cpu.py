@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import functools
 import keyword
+import platform
 
 import sympy as sp
 
+from codegen import flush as flush_code
+from codegen import fpenv
 from codegen.blas import choice, gemm_choice
 from codegen.ir import (
     CheckFinite,
@@ -547,10 +550,10 @@ def _safe_line(line: str) -> str:
 
 
 def render_function(program: Program, min_work: int | None = None,
-                    cblas: bool = False) -> str:
+                    cblas: bool = False, flush: bool = False) -> str:
     """The ``def`` of one program (without decorator); ``min_work``: see `_guarded`;
     ``cblas``: products call ``_gemm`` (NumPy's bundled OpenBLAS, `CBLAS_GEMM`) instead of
-    ``np.dot``."""
+    ``np.dot``; ``flush``: denormals are flushed to zero while it runs (`codegen.flush`)."""
     _identifiers(program)
     wide = min_work is not None
     body = size_bindings(program)
@@ -567,12 +570,14 @@ def render_function(program: Program, min_work: int | None = None,
         body = [part for line in body for part in (
             [line[:len(line) - len(line.lstrip())] + "_give_back(_nthreads, _blas_saved)", line]
             if line.lstrip().startswith("return ") else [line])]
+    if flush:
+        body = flush_code.scoped(flush_code.chunked(body, "_nthreads"))
     return function(program.name, (*program.arguments, *program.scalars), body)
 
 
 def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = False,
                   header: str = "", real: str = "float64", blas: str | None = None,
-                  min_work: int = MIN_WORK) -> str:
+                  min_work: int = MIN_WORK, flush: bool = False) -> str:
     """A whole module: imports, stable helpers, one ``@njit(cache=True)`` per program.
 
     ``parallel``: the entry-wise loops, row operations and reductions of at least
@@ -583,14 +588,21 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
     ``blas`` picks the products' library (`codegen.blas.choice`, the default):
     ``"numpy-openblas64"`` calls NumPy's bundled OpenBLAS, ``"scipy"`` uses ``np.dot``.
     ``batch`` is not read (the arrays' shapes give every size); callers still pass it.
+    ``flush``: each program flushes denormals to zero in every thread it runs on, and
+    leaves their floating-point mode as it found it (`codegen.flush`; x86-64 only).
     """
+    if flush and not fpenv.X86:
+        raise ValueError("codegen: flush=True sets x86's MXCSR flags; this CPU is "
+                         f"{platform.machine()!r}")
     blas = blas or choice()
+    threads_code = flush_code.chunked if flush else (lambda lines, threads: lines)
     cblas = blas == "numpy-openblas64"
     kind = "s" if real == "float32" else "d"
     jit = "njit(cache=True, parallel={}, error_model='numpy')"
     parts = [*module_head(header), "import numpy as np",
              "from numba import njit, prange", "", f"real = np.{real}", "",
-             HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')")]
+             HELPERS.format(jit="njit(cache=True, inline='always', error_model='numpy')"),
+             *([flush_code.IMPORT, ""] if flush else [])]
     if parallel:
         parts += [THREADS.format(min_work=int(min_work)),
                   THREADS_CBLAS if cblas else THREADS_NUMBA, COLUMN_SUM]
@@ -600,17 +612,18 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
         parts.append(CBLAS_GEMM.format(gemm='"s", own=True' if own else f'"{kind}"',
                                        gemm_comment=OWN_GEMM if own else OPENBLAS))
         if parallel:
-            parts.append(CBLAS_WIDE.format(parallel=PARALLEL,
-                                           inner_split=OWN_SPLIT if own else "",
-                                           rows_first=OWN_ROWS_FIRST if own else "m >= n"))
+            wide = CBLAS_WIDE.format(parallel=PARALLEL, inner_split=OWN_SPLIT if own else "",
+                                     rows_first=OWN_ROWS_FIRST if own else "m >= n")
+            parts.append("\n".join(threads_code(wide.split("\n"), "threads")))
             if own:
-                parts.append(OWN_INNER.format(parallel=PARALLEL))
+                inner = OWN_INNER.format(parallel=PARALLEL)
+                parts.append("\n".join(threads_code(inner.split("\n"), "threads")))
     elif any(op.scale is not None for op in products):
         parts.append(GEMM_ADD.format(kind=kind))
     if any(p.guarded for p in programs):
         parts.append(NONFINITE)
     for program in programs:
-        text = render_function(program, min_work if parallel else None, cblas)
+        text = render_function(program, min_work if parallel else None, cblas, flush)
         threaded = PARALLEL if "prange(" in text else False  # else Numba warns: no loop
         parts += ["", f"@{jit.format(threaded)}", text, ""]
     return "\n".join(parts)

@@ -1,6 +1,8 @@
 """The floating-point environment of this thread and of Numba's threads: x86's MXCSR flags
 that flush denormal floats to zero, FTZ (results that would be denormal are 0) and DAZ
-(denormal inputs are read as 0).  symnet's ``sn.set_flush_denormal`` is the user's control.
+(denormal inputs are read as 0).  symnet's ``sn.set_flush_denormal`` is the user's control
+of every thread; a kernel rendered with ``flush=True`` (`codegen.flush`) sets them while it
+runs, with `swap_mxcsr` and `load_mxcsr`.
 
 Example:
     >>> import numpy as np
@@ -26,17 +28,22 @@ FLUSH = 0x8000 | 0x0040
 X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
+def _mxcsr_functions(builder):
+    byte_pointer = ir.IntType(8).as_pointer()
+    function = ir.FunctionType(ir.VoidType(), [byte_pointer])
+    store = builder.module.declare_intrinsic("llvm.x86.sse.stmxcsr", fnty=function)
+    load = builder.module.declare_intrinsic("llvm.x86.sse.ldmxcsr", fnty=function)
+    return store, load, byte_pointer
+
+
 @intrinsic
-def _swap_mxcsr(typingctx, flags, on):
+def swap_mxcsr(typingctx, flags, on):
     """Set (``on``) or clear ``flags`` in this thread's MXCSR; return its old value."""
     sig = types.int32(types.int32, types.boolean)
 
     def codegen(context, builder, signature, args):
         flags_, on_ = args
-        byte_pointer = ir.IntType(8).as_pointer()
-        function = ir.FunctionType(ir.VoidType(), [byte_pointer])
-        store = builder.module.declare_intrinsic("llvm.x86.sse.stmxcsr", fnty=function)
-        load = builder.module.declare_intrinsic("llvm.x86.sse.ldmxcsr", fnty=function)
+        store, load, byte_pointer = _mxcsr_functions(builder)
         slot = builder.alloca(ir.IntType(32))
         builder.call(store, [builder.bitcast(slot, byte_pointer)])
         old = builder.load(slot)
@@ -48,16 +55,31 @@ def _swap_mxcsr(typingctx, flags, on):
     return sig, codegen
 
 
+@intrinsic
+def load_mxcsr(typingctx, value):
+    """Write ``value`` (one `swap_mxcsr` returned) back into this thread's MXCSR."""
+    sig = types.none(types.int32)
+
+    def codegen(context, builder, signature, args):
+        _, load, byte_pointer = _mxcsr_functions(builder)
+        slot = builder.alloca(ir.IntType(32))
+        builder.store(args[0], slot)
+        builder.call(load, [builder.bitcast(slot, byte_pointer)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True)
 def _here(on):
-    return _swap_mxcsr(FLUSH, on)
+    return swap_mxcsr(FLUSH, on)
 
 
 @njit(cache=True, parallel=True)
 def _in_every_thread(on, threads):
     # one iteration a thread: Numba's static schedule gives each thread one chunk
     for _ in prange(threads):
-        _swap_mxcsr(FLUSH, on)
+        swap_mxcsr(FLUSH, on)
 
 
 def set_flush(on: bool) -> bool:

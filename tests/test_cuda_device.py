@@ -285,6 +285,8 @@ def test_compile_uses_the_model_device_and_refuses_a_different_one():
         sn.compile(model, loss, opt, device="cpu")
     with pytest.raises(ValueError, match="parallel=True"):
         sn.compile(model, loss, opt, parallel=True)
+    with pytest.raises(ValueError, match="denormals='flush'.*GPU.*'auto' or 'ieee'"):
+        sn.compile(model, loss, opt, denormals="flush")
     with pytest.raises(ValueError, match=r"0\.weight is on 'cuda'.*compiled for 'cpu'"):
         cpu_step(X, y)  # a step is bound to its device
     cuda_step = sn.compile(model, loss, opt, device="cuda:0")

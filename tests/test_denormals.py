@@ -95,3 +95,53 @@ def test_a_step_trains_with_flushing_as_without(flushing):
 def test_mode_must_be_a_bool():
     with pytest.raises(ValueError, match="mode must be True or False"):
         sn.set_flush_denormal(1)
+
+
+def _tiny_step(denormals: str, parallel, batch: int = 4):
+    """SGD (lr 1) on ``Z = W·x`` with W = TINY (64 × 1), x = 1, MSE against 0: each entry of
+    dZ is TINY/(32·batch), denormal; the gradient sums them to TINY/32 and the update
+    leaves TINY − TINY/32, denormal too.  Flushed, dZ is 0 and W stays TINY."""
+    model = sn.Sequential(sn.Linear(1, 64, bias=False)).to(np.float32)
+    model.load_state_dict({"0.weight": np.full((64, 1), TINY, np.float32)})
+    step = sn.compile(model, sn.MSELoss(), sn.optim.SGD(model.parameters(), lr=1.0),
+                      parallel=parallel, denormals=denormals)
+    return step(np.ones((batch, 1), np.float32), np.zeros((batch, 64), np.float32)), model
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "threads"])
+def test_a_compiled_step_flushes_while_it_runs_by_default(parallel):
+    loss, model = _tiny_step("auto", parallel, batch=8 * numba.config.NUMBA_NUM_THREADS)
+    assert (_bits(model[0].weight.data) == _bits(TINY)[0]).all()
+    # the thread that called it, and Numba's threads, are back in IEEE mode
+    out = np.zeros(64 * numba.config.NUMBA_NUM_THREADS, np.float32)
+    _quarters(np.full(out.size, TINY, np.float32), out)
+    assert (_bits(out) == QUARTER).all() and _bits(_quarter(np.float32(TINY)))[0] == QUARTER
+    assert _bits(np.float32(TINY) / np.float32(4))[0] == QUARTER
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "threads"])
+def test_an_ieee_step_keeps_denormals(parallel):
+    _, model = _tiny_step("ieee", parallel)
+    expected = np.float32(TINY) - np.float32(TINY) / np.float32(32)  # IEEE here: exact
+    assert _bits(expected)[0] != 0
+    assert (_bits(model[0].weight.data) == _bits(expected)[0]).all()
+
+
+def test_an_ieee_step_follows_set_flush_denormal(flushing):
+    _, model = _tiny_step("ieee", False)
+    assert (_bits(model[0].weight.data) == _bits(TINY)[0]).all()
+
+
+def test_a_step_that_stops_at_the_finite_check_restores_ieee():
+    model = sn.Sequential(sn.Linear(3, 2)).to(np.float32)
+    step = sn.compile(model, sn.MSELoss(), sn.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(FloatingPointError):  # the loss overflows: (1e30)² is Inf in float32
+        step(np.full((2, 3), 1e30, np.float32), np.zeros((2, 2), np.float32))
+    assert _bits(_quarter(np.float32(TINY)))[0] == QUARTER
+
+
+def test_denormals_must_be_a_mode():
+    model = sn.Sequential(sn.Linear(3, 2))
+    with pytest.raises(ValueError, match="denormals must be one of 'auto', 'flush', 'ieee'"):
+        sn.compile(model, sn.MSELoss(), sn.optim.SGD(model.parameters(), lr=0.1),
+                   denormals=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from codegen.cpu import THIN_PRODUCTS
 from symnet.backends import eager, kernels, layer_state
+from symnet.backends.denormals import cpu_flushes
 from symnet.backends.step import Step
 from symnet.nn.devices import register
 from symnet.nn.losses import Loss
@@ -35,12 +36,16 @@ class TrainStep(Step):
     """
 
     def __init__(self, model: Module, loss: Loss, optimizer: Optimizer,
-                 parallel: bool | str = "auto", *, check_finite: bool = True):
+                 parallel: bool | str = "auto", *, check_finite: bool = True,
+                 denormals: str = "auto"):
         super().__init__(model, loss, optimizer, check_finite=check_finite)
+        #: whether the step flushes denormals to zero while it runs (`sn.compile`)
+        self.flush_denormal = cpu_flushes(denormals)
         # The key needs no derivation, so a step compiled before (in this process or, via
         # the index on disk, in an earlier one) is reused without any SymPy work.
         self._key = ("step", kernels.structure_key(model, loss, self.dtype),
-                     self.check_finite, kernels.update_signature(optimizer))
+                     self.check_finite, kernels.update_signature(optimizer),
+                     self.flush_denormal)
         self.parallel = parallel
         self.unit = self._kernel(False)
         self.program = self.unit.programs["train_step"]
@@ -59,7 +64,8 @@ class TrainStep(Step):
         program = kernels.step_program(d, self.loss, self.check_finite, gemm_updates=True,
                                        thin_products=THIN_PRODUCTS, column_totals=True)
         unit = kernels.compile_unit([program], self.dtype, parallel, f"symnet train step: "
-                                    f"{self.model!r}, {self.loss!r}, {self.optimizer!r}")
+                                    f"{self.model!r}, {self.loss!r}, {self.optimizer!r}",
+                                    flush=self.flush_denormal)
         unit.params, unit.outputs = dict(d.graph.params), int(d.graph.target.shape[0])
         return unit
 
@@ -135,8 +141,9 @@ class CpuBackend:
         eager.optimizer_step(optimizer)
 
     def compile(self, model: Module, loss: Loss, optimizer: Optimizer, *,
-                parallel: bool | str, check_finite: bool) -> TrainStep:
-        return TrainStep(model, loss, optimizer, parallel, check_finite=check_finite)
+                parallel: bool | str, check_finite: bool, denormals: str = "auto") -> TrainStep:
+        return TrainStep(model, loss, optimizer, parallel, check_finite=check_finite,
+                         denormals=denormals)
 
 
 register(CpuBackend())

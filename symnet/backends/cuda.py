@@ -509,10 +509,15 @@ class CudaBackend:
         eager.optimizer_step(optimizer)
 
     def compile(self, model: Module, loss: Loss, optimizer: Optimizer, *,
-                parallel: bool | str, check_finite: bool) -> CudaTrainStep:
+                parallel: bool | str, check_finite: bool,
+                denormals: str = "auto") -> CudaTrainStep:
         if parallel is True:  # "auto" (the default) and False say nothing about a GPU
             raise ValueError("compile: parallel=True runs the CPU kernels on several threads; "
                              "it does not apply to a model on 'cuda'")
+        if denormals == "flush":  # "auto" and "ieee": the GPU's IEEE arithmetic
+            raise ValueError("compile: denormals='flush' sets the CPU's FTZ and DAZ flags; a "
+                             "GPU computes denormals at full speed: use 'auto' or 'ieee' on "
+                             "'cuda'")
         return CudaTrainStep(model, loss, optimizer, check_finite=check_finite)
 
 

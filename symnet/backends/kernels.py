@@ -158,17 +158,19 @@ def step_program(derivation, loss: Loss, check_finite: bool = False,
                  column_totals=column_totals)
 
 
-def compile_unit(programs: list[Program], dtype, parallel: bool | str, title: str) -> Unit:
+def compile_unit(programs: list[Program], dtype, parallel: bool | str, title: str,
+                 flush: bool = False) -> Unit:
     """``programs`` rendered into one module, compiled (or loaded from Numba's cache).
 
     ``parallel``: ``"auto"`` runs the loops whose work reaches `codegen.cpu.MIN_WORK` on
     Numba's threads, ``True`` every loop, ``False`` none (`codegen.cpu.render_module`).
+    ``flush``: the programs flush denormals to zero while they run (`codegen.flush`).
     """
     source = render_module(programs, N, parallel is not False, header=title,
                            real=np.dtype(dtype).name,
-                           min_work=MIN_WORK if parallel == "auto" else 0)
+                           min_work=MIN_WORK if parallel == "auto" else 0, flush=flush)
     options = {"dtype": np.dtype(dtype).name, "parallel": parallel,
-               "symnet": __version__}
+               "symnet": __version__, **({"flush": True} if flush else {})}
     module = load_module(source, options)
     starts = [threads_from(p, N, MIN_WORK) for p in programs]
     return Unit({p.name: p for p in programs}, {p.name: getattr(module, p.name)

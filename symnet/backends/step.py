@@ -30,6 +30,7 @@ import numpy as np
 
 from symnet.backends import kernels, step_index
 from symnet.backends.checks import check_inputs, check_targets, not_finite_message
+from symnet.backends.denormals import check_denormals
 from symnet.backends.threads import check_parallel
 from symnet.nn.devices import backend, check_device
 from symnet.nn.losses import Loss
@@ -122,7 +123,8 @@ class Step:
 
 
 def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool | str = "auto",
-            device: str | None = None, *, check_finite: bool = True):
+            device: str | None = None, *, check_finite: bool = True,
+            denormals: str = "auto"):
     """Fuse forward, loss, backward and ``optimizer``'s update into one compiled step.
 
     The step runs where the model is (``model.device``), on that device's backend: for a
@@ -148,6 +150,15 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool | st
     and SGD at batch 1 goes from 12 to 20 µs, since SGD's weight update can then no longer
     be fused into its gradient's GEMM; ``benchmarks/check_finite_cost.py``).
 
+    ``denormals``: ``"auto"`` (the default) flushes denormal floats (below 1.2e-38 in
+    float32) to zero while a CPU step runs, as XLA does, on x86-64 CPUs (FTZ and DAZ, set in
+    each thread the step runs on and put back as they were when it returns: the rest of
+    the program keeps IEEE arithmetic); a model that fits its batch otherwise sends its
+    gradients and Adam's moments through that range, where x86 CPUs take a slow path (5×
+    slower steps: `symnet.backends.denormals`).  ``"flush"`` insists (a ValueError where
+    the CPU cannot, or on a GPU, whose arithmetic has no slow path); ``"ieee"`` leaves the
+    threads' mode alone: IEEE arithmetic, unless `sn.set_flush_denormal` set it.
+
     Example:
         >>> import symnet as sn
         >>> m = sn.Sequential(sn.Linear(2, 2))
@@ -156,6 +167,7 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool | st
         True
     """
     check_parallel(parallel)
+    check_denormals(denormals)
     if device is not None:
         device = check_device(device)
         backend(device).require()  # no GPU: say so, rather than suggest moving the model
@@ -164,4 +176,4 @@ def compile(model: Module, loss: Loss, optimizer: Optimizer, parallel: bool | st
                              f"{model.device!r}: move the model first with "
                              f"model.to({device!r}), or leave device out to use the model's")
     return backend(model.device).compile(model, loss, optimizer, parallel=parallel,
-                                         check_finite=check_finite)
+                                         check_finite=check_finite, denormals=denormals)

@@ -65,7 +65,8 @@ class Backend(Protocol):
     def update(self, optimizer) -> None:
         """``optimizer.step()`` from each parameter's ``.grad``."""
 
-    def compile(self, model, loss, optimizer, *, parallel: bool | str, check_finite: bool):
+    def compile(self, model, loss, optimizer, *, parallel: bool | str, check_finite: bool,
+                denormals: str = "auto"):
         """The fused train step of ``model`` (on this device) under ``loss``, ``optimizer``."""
 
 

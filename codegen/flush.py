@@ -7,7 +7,7 @@ operation (784-128-10 Adam on one sample, one core of an Intel Xeon: 490 µs a s
 97 flushed, `benchmarks/denormals.py`).  XLA flushes them in its threads by default; a
 kernel rendered with ``flush=True`` (`codegen.cpu.render_module`) does so for itself:
 
-- its first line sets FTZ and DAZ in the calling thread (`codegen.fpenv.swap_mxcsr`), and
+- its first line sets FTZ and DAZ in the calling thread (`codegen.fpenv.flush_on`), and
   the thread's old mode is written back before each ``return``;
 - each threaded loop runs as one chunk per thread that does the same in the thread running
   it (`chunked`), so a value is flushed on whichever thread computes it, and Numba's
@@ -18,10 +18,10 @@ Example:
     >>> print("\\n".join(chunked(["for i in prange(n):", "    a[i] = 0.0"], "threads")))
     _per_0 = max(1, (n + threads - 1) // threads)
     for _chunk_0 in prange((n + _per_0 - 1) // _per_0):
-        _mode_0 = _swap_mxcsr(_FLUSH, True)
+        _mode_0 = _flush_on()
         for i in range(_chunk_0 * _per_0, min(n, _chunk_0 * _per_0 + _per_0)):
             a[i] = 0.0
-        _load_mxcsr(_mode_0)
+        _restore(_mode_0)
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ import re
 from codegen.source import INDENT
 
 #: what a flushing module imports
-IMPORT = ("from codegen.fpenv import FLUSH as _FLUSH, load_mxcsr as _load_mxcsr, "
-          "swap_mxcsr as _swap_mxcsr")
+IMPORT = "from codegen.fpenv import flush_on as _flush_on, restore as _restore"
 
 _PRANGE = re.compile(r"^( *)for (\w+) in prange\((.*)\):$")
 
@@ -64,10 +63,10 @@ def chunked(lines: list[str], threads: str) -> list[str]:
         inner = pad + INDENT
         out += [f"{pad}{per} = max(1, ({n} + {threads} - 1) // {threads})",
                 f"{pad}for {chunk} in prange(({n} + {per} - 1) // {per}):",
-                f"{inner}{mode} = _swap_mxcsr(_FLUSH, True)",
+                f"{inner}{mode} = _flush_on()",
                 f"{inner}for {var} in range({chunk} * {per}, min({n}, {chunk} * {per} + {per})):",
                 *(INDENT + line for line in lines[k + 1:end]),
-                f"{inner}_load_mxcsr({mode})"]
+                f"{inner}_restore({mode})"]
         k = end
     return out
 
@@ -75,11 +74,11 @@ def chunked(lines: list[str], threads: str) -> list[str]:
 def scoped(body: list[str]) -> list[str]:
     """A function's ``body`` that sets FTZ and DAZ in its thread first and writes the
     thread's old mode back before each ``return`` (and at the end)."""
-    out = ["_fp_mode = _swap_mxcsr(_FLUSH, True)"]
+    out = ["_fp_mode = _flush_on()"]
     for line in body:
         if line.lstrip().startswith("return ") or line.strip() == "return":
-            out.append(" " * _indent(line) + "_load_mxcsr(_fp_mode)")
+            out.append(" " * _indent(line) + "_restore(_fp_mode)")
         out.append(line)
     if not body or not body[-1].startswith("return"):
-        out.append("_load_mxcsr(_fp_mode)")
+        out.append("_restore(_fp_mode)")
     return out

@@ -2,7 +2,7 @@
 that flush denormal floats to zero, FTZ (results that would be denormal are 0) and DAZ
 (denormal inputs are read as 0).  symnet's ``sn.set_flush_denormal`` is the user's control
 of every thread; a kernel rendered with ``flush=True`` (`codegen.flush`) sets them while it
-runs, with `swap_mxcsr` and `load_mxcsr`.
+runs, with `flush_on` and `restore`.
 
 Example:
     >>> import numpy as np
@@ -68,6 +68,19 @@ def load_mxcsr(typingctx, value):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def flush_on():
+    """Set FTZ and DAZ in this thread; return its old mode, for `restore` (a Numba
+    function, so code run as plain Python, a kernel's ``py_func``, may call it too)."""
+    return swap_mxcsr(FLUSH, True)
+
+
+@njit(cache=True, inline="always")
+def restore(mode):
+    """Put back the mode `flush_on` returned."""
+    load_mxcsr(mode)
 
 
 @njit(cache=True)

@@ -97,8 +97,8 @@ def test_chunks_run_every_iteration_once(n, threads):
                          "threads")
     text = "\n".join(["def f(out, n, threads):", *("    " + line for line in body),
                       "    return total"])
-    scope = {"prange": prange, "np": np, "_FLUSH": fpenv.FLUSH,
-             "_swap_mxcsr": fpenv.swap_mxcsr, "_load_mxcsr": fpenv.load_mxcsr}
+    scope = {"prange": prange, "np": np, "_flush_on": fpenv.flush_on,
+             "_restore": fpenv.restore}
     exec(compile(text, "<chunked>", "exec"), scope)
     f = njit(parallel=True)(scope["f"])
     out = np.zeros(n)
@@ -108,7 +108,7 @@ def test_chunks_run_every_iteration_once(n, threads):
 
 def test_scoped_restores_before_every_return():
     body = flush.scoped(["if x:", "    return 1", "y = 2", "return y"])
-    assert body == ["_fp_mode = _swap_mxcsr(_FLUSH, True)", "if x:",
-                    "    _load_mxcsr(_fp_mode)", "    return 1", "y = 2",
-                    "_load_mxcsr(_fp_mode)", "return y"]
-    assert flush.scoped(["a = 1"])[-1] == "_load_mxcsr(_fp_mode)"
+    assert body == ["_fp_mode = _flush_on()", "if x:",
+                    "    _restore(_fp_mode)", "    return 1", "y = 2",
+                    "_restore(_fp_mode)", "return y"]
+    assert flush.scoped(["a = 1"])[-1] == "_restore(_fp_mode)"

@@ -54,6 +54,7 @@ def check_denormals(denormals) -> str:
 def cpu_flushes(denormals: str) -> bool:
     """Whether a CPU step compiled with ``denormals`` flushes them while it runs: "auto"
     where the CPU has the flags, "flush" (an error elsewhere), never "ieee"."""
+    check_denormals(denormals)
     if denormals == "flush" and not X86:
         raise ValueError("compile: denormals='flush' sets x86's FTZ and DAZ flags, which "
                          "this CPU does not have; use 'auto' or 'ieee'")

@@ -36,6 +36,7 @@ from codegen.printer import HELPERS, kernel_code
 from codegen.schedule import LoopPlan, plan_loop
 from codegen.source import (
     INDENT,
+    before_returns,
     comments,
     function,
     loop_statements,
@@ -567,9 +568,7 @@ def render_function(program: Program, min_work: int | None = None,
         body += [_safe_line(line) for line in lines]
     body.append(return_line(program, program.returns or "0.0"))
     if wide:  # OpenBLAS gets its threads back before every return
-        body = [part for line in body for part in (
-            [line[:len(line) - len(line.lstrip())] + "_give_back(_nthreads, _blas_saved)", line]
-            if line.lstrip().startswith("return ") else [line])]
+        body = before_returns(body, "_give_back(_nthreads, _blas_saved)")
     if flush:
         body = flush_code.scoped(flush_code.chunked(body, "_nthreads"))
     return function(program.name, (*program.arguments, *program.scalars), body)
@@ -595,7 +594,10 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
         raise ValueError("codegen: flush=True sets x86's MXCSR flags; this CPU is "
                          f"{platform.machine()!r}")
     blas = blas or choice()
-    threads_code = flush_code.chunked if flush else (lambda lines, threads: lines)
+
+    def templated(text: str) -> str:  # a template's threaded loops, flushing where asked
+        return "\n".join(flush_code.chunked(text.split("\n"), "threads")) if flush else text
+
     cblas = blas == "numpy-openblas64"
     kind = "s" if real == "float32" else "d"
     jit = "njit(cache=True, parallel={}, error_model='numpy')"
@@ -612,12 +614,11 @@ def render_module(programs: list[Program], batch: sp.Symbol, parallel: bool = Fa
         parts.append(CBLAS_GEMM.format(gemm='"s", own=True' if own else f'"{kind}"',
                                        gemm_comment=OWN_GEMM if own else OPENBLAS))
         if parallel:
-            wide = CBLAS_WIDE.format(parallel=PARALLEL, inner_split=OWN_SPLIT if own else "",
-                                     rows_first=OWN_ROWS_FIRST if own else "m >= n")
-            parts.append("\n".join(threads_code(wide.split("\n"), "threads")))
+            parts.append(templated(CBLAS_WIDE.format(
+                parallel=PARALLEL, inner_split=OWN_SPLIT if own else "",
+                rows_first=OWN_ROWS_FIRST if own else "m >= n")))
             if own:
-                inner = OWN_INNER.format(parallel=PARALLEL)
-                parts.append("\n".join(threads_code(inner.split("\n"), "threads")))
+                parts.append(templated(OWN_INNER.format(parallel=PARALLEL)))
     elif any(op.scale is not None for op in products):
         parts.append(GEMM_ADD.format(kind=kind))
     if any(p.guarded for p in programs):

@@ -3,8 +3,8 @@ floating-point mode as they found it.
 
 A network that fits its batch drives its gradients, and then Adam's moments, through the
 denormal range (below 1.2e-38 in float32), where many x86 CPUs take a slow path for every
-operation (784-128-10 Adam on one sample, one core of an Intel Xeon: 490 µs a step against
-97 flushed, `benchmarks/denormals.py`).  XLA flushes them in its threads by default; a
+operation (784-128-10 Adam on one sample, one core of an Intel Xeon: 5–8× slower steps,
+`benchmarks/denormals.py`).  XLA flushes them in its threads by default; a
 kernel rendered with ``flush=True`` (`codegen.cpu.render_module`) does so for itself:
 
 - its first line sets FTZ and DAZ in the calling thread (`codegen.fpenv.flush_on`), and
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-from codegen.source import INDENT
+from codegen.source import INDENT, before_returns
 
 #: what a flushing module imports
 IMPORT = "from codegen.fpenv import flush_on as _flush_on, restore as _restore"
@@ -46,7 +46,7 @@ def chunked(lines: list[str], threads: str) -> list[str]:
     and DAZ in its thread before its iterations and writing the thread's old mode back
     after them.  ``threads`` is the code of the kernel's thread count."""
     out: list[str] = []
-    k = 0
+    k = tag = 0
     while k < len(lines):
         found = _PRANGE.match(lines[k])
         if found is None:
@@ -58,7 +58,6 @@ def chunked(lines: list[str], threads: str) -> list[str]:
         while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > len(pad)):
             end += 1
         n = extent if extent.isidentifier() or extent.isdigit() else f"({extent})"
-        tag = sum(bool(_PRANGE.match(line)) for line in lines[:k])
         per, chunk, mode = f"_per_{tag}", f"_chunk_{tag}", f"_mode_{tag}"
         inner = pad + INDENT
         out += [f"{pad}{per} = max(1, ({n} + {threads} - 1) // {threads})",
@@ -67,18 +66,14 @@ def chunked(lines: list[str], threads: str) -> list[str]:
                 f"{inner}for {var} in range({chunk} * {per}, min({n}, {chunk} * {per} + {per})):",
                 *(INDENT + line for line in lines[k + 1:end]),
                 f"{inner}_restore({mode})"]
-        k = end
+        k, tag = end, tag + 1
     return out
 
 
 def scoped(body: list[str]) -> list[str]:
     """A function's ``body`` that sets FTZ and DAZ in its thread first and writes the
     thread's old mode back before each ``return`` (and at the end)."""
-    out = ["_fp_mode = _flush_on()"]
-    for line in body:
-        if line.lstrip().startswith("return ") or line.strip() == "return":
-            out.append(" " * _indent(line) + "_restore(_fp_mode)")
-        out.append(line)
+    out = before_returns(["_fp_mode = _flush_on()", *body], "_restore(_fp_mode)")
     if not body or not body[-1].startswith("return"):
         out.append("_restore(_fp_mode)")
     return out

@@ -66,6 +66,17 @@ def size_bindings(program: Program) -> list[str]:
     return lines
 
 
+def before_returns(body: list[str], statement: str) -> list[str]:
+    """``body`` with ``statement`` before each of its ``return`` lines, at their indent."""
+    out = []
+    for line in body:
+        stripped = line.lstrip()
+        if stripped == "return" or stripped.startswith("return "):
+            out.append(line[:len(line) - len(stripped)] + statement)
+        out.append(line)
+    return out
+
+
 def return_line(program: Program, result: str) -> str:
     """The function's last line: a guarded program also says whether it ran to the end."""
     return f"return {result}, True" if program.guarded else f"return {result}"

@@ -1,12 +1,14 @@
 """How deep a weight gradient's blocks go, and when its B panels are packed: the choices
-behind `codegen.gemm.KC_PACKED` and `codegen.gemm.PACK_B_PANELS`, measured (one core,
+behind `codegen.gemm.KC_PACKED`, `PACK_B_PANELS` and `KC_IN_PLACE`, measured (one core,
 float32, µs, medians over interleaved rounds).
 
 A weight gradient ``C += alpha·Aᵀ·B`` (dW = dZᵀ·X, A = dZ of m columns, B = X of n, the
 batch k deep) runs in `codegen.gemm._by_panels_of_b`: A's panels packed once per block of
 the batch, each panel of B meeting all of them.  Each shape is timed four ways, 768 or 256
 deep, B's panels read where they lie or packed, with the caches warm (``hot``) and with
-48 MiB written before each call (``cold``); the last column is the way `sgemm` picks.
+48 MiB written before each call (``cold``); the last column is the way `sgemm` picks on
+this CPU, whose L1 data cache (`gemm.L1_BYTES`) decides whether it packs B at all
+(`gemm.PACKS_B`).
 
 Usage:
     taskset -c 0 .venv/bin/python benchmarks/gemm_blocks.py [--rounds 11]
@@ -53,14 +55,16 @@ def main() -> None:
         raise SystemExit("symnet's GEMM needs AVX-512; this CPU has none")
     rng = np.random.default_rng(0)
     evict = np.zeros(12 * 1024 * 1024, np.float32)
+    print(f"L1 data cache: {gemm.L1_BYTES // 1024} KiB; packs B: {gemm.PACKS_B}\n")
     print(f"| m×n×k | cache | {' | '.join(WAYS)} | sgemm's way |")
     print("|---|---|" + "---:|" * len(WAYS) + "---|")
     for m, n, k in SHAPES:
         a = rng.random((k, m), dtype=np.float32)
         b = rng.random((k, n), dtype=np.float32)
         c = rng.random((m, n), dtype=np.float32)
-        panels = min(gemm.A_BLOCK // (gemm.KC_PACKED * 4 * gemm.MR), -(-m // gemm.MR))
-        chosen = f"{gemm.KC_PACKED} {'packed' if panels >= gemm.PACK_B_PANELS else 'in place'}"
+        depth = gemm.KC_TRANSPOSED_A
+        panels = min(gemm.A_BLOCK // (depth * 4 * gemm.MR), -(-m // gemm.MR))
+        chosen = f"{depth} {'packed' if panels >= gemm.PACK_FROM else 'in place'}"
         for cold in (False, True):
             times = {way: [] for way in WAYS}
             for depth, pack_from in WAYS.values():  # compile, warm

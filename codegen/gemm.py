@@ -16,9 +16,10 @@ time; X·Wᵀ 0.57–0.90×).  The design is BLIS's:
   register transposes, `_transpose16`), a transposed A, and partial panels at the edges,
   zero-padded, so no tile reads past an array.  The inner dimension is split into blocks
   (as deep as 800 when A is read in place, so that each row of A streams once, C's columns
-  in blocks so that one block of B stays in L2; 256 when A is packed, where each panel of
-  B, itself packed when it meets eight or more, meets every packed panel of A in turn,
-  `_by_panels_of_b`).  The tile prefetches B's rows `AHEAD` rows before it reads them.
+  in blocks so that one block of B stays in L2; when A is packed, each panel of B meets
+  every packed panel of A in turn, `_by_panels_of_b`: 256 deep with B's panel packed when
+  it meets eight or more, where the two panels fit in L1 together, else 768 deep with B
+  read where it lies, `PACKS_B`).  The tile prefetches B's rows `AHEAD` rows before it reads them.
 - A product of at most 16 columns (an output layer of 10 classes) runs in 24 × 16 tiles
   (`_narrow_tile`): 10 columns use 10 of a row's 16 lanes there, against 10 of 32 in a
   12 × 32 tile (4096×10·128: 79 µs, against 137 in 12 × 32 tiles and 137 in OpenBLAS).
@@ -75,8 +76,47 @@ KC_ROWS, NC_ROWS = 800, 128
 KC_PACKED = 256
 PACK_B_PANELS = 8
 A_BLOCK = 512 * 1024
+KC_IN_PLACE = 768
 AHEAD = 64  # rows of B prefetched ahead of the tile's inner loop (128×784 from 4096: 0.93×)
 ALIGN = 64  # bytes: packed panels start on a cache line
+
+
+
+def _l1_data_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache",
+                   default: int = 32 * 1024) -> int:
+    """The first core's L1 data cache in bytes, from Linux's sysfs (``default`` where
+    ``root`` holds no readable level-1 data or unified entry).
+
+    Example:
+        >>> _l1_data_bytes() >= 1024
+        True
+    """
+    from pathlib import Path
+
+    for index in sorted(Path(root).glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip()
+                                 for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        scale = {"K": 1024, "M": 1024 * 1024}.get(size[-1:], 0)
+        if level == "1" and kind in ("Data", "Unified") and scale and size[:-1].isdigit():
+            return int(size[:-1]) * scale
+    return default
+
+
+# A weight gradient packs B's panels (256 deep, where they meet PACK_B_PANELS panels of
+# A) only where a packed panel and a panel of A, (MR + NR)·KC_PACKED floats (44 KiB), fit
+# in L1 together, as in a 48 KiB L1 (an Intel Xeon host: the figures above).  In a 32 KiB
+# L1 (a Zen 4 host) B is read where it lies, KC_IN_PLACE deep: there, against 256-deep
+# packed panels, 128×784 from 4096 took 0.94×, 48×784 and 96×784 from 4096 0.81–0.90×,
+# 512×512 and 128×784 from 256 (256 deep either way) 0.95–1.02× (caches warm and flushed,
+# `benchmarks/gemm_blocks.py`).  Numba's cache is keyed by the CPU: a cached product was
+# compiled with the choice of the CPU it runs on.
+L1_BYTES = _l1_data_bytes()
+PACKS_B = (MR + NR) * KC_PACKED * 4 <= L1_BYTES
+KC_TRANSPOSED_A = KC_PACKED if PACKS_B else KC_IN_PLACE
+PACK_FROM = PACK_B_PANELS if PACKS_B else 1 << 62  # panels of A a packed panel of B meets
 
 _F32 = ir.FloatType()
 _I1, _I32, _I64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
@@ -398,12 +438,12 @@ def sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     ``c`` are the addresses of float32 arrays, ``op(X)`` is Xᵀ where ``tx``; C is m × n and
     the inner dimension k."""
     blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                  KC_PACKED if ta else KC_ROWS, NC_ROWS, PACK_B_PANELS)
+                  KC_TRANSPOSED_A if ta else KC_ROWS, NC_ROWS, PACK_FROM)
 
 
 @njit(cache=True)
 def blocked_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, KC, NC,
-                  pack_from=PACK_B_PANELS):
+                  pack_from=PACK_FROM):
     """`sgemm` with the blocks given: the inner dimension in equal blocks of at most ``KC``
     (a function of k alone, so that blocks of C's rows or columns sum in the same order as
     the whole), C's columns in blocks of ``NC`` where op(A) is read in rows of A; where

@@ -72,16 +72,19 @@ def test_empty_inner_dimension_scales_c():
     assert np.array_equal(c, expected)
 
 
+@pytest.mark.parametrize("pack_from", (0, 1 << 62))  # B's panels packed / read in place
 @pytest.mark.parametrize("ta,tb", list(itertools.product((False, True), repeat=2)))
-def test_small_blocks_cover_every_loop(ta, tb):
+def test_small_blocks_cover_every_loop(ta, tb, pack_from):
     """Blocks of 16 deep and 32 wide run the inner-dimension and column-block loops many
-    times at a size the suite can afford (unequal last blocks included)."""
+    times at a size the suite can afford (unequal last blocks included), with a weight
+    gradient's panels of B packed and read where they lie, whichever this CPU's L1 picks
+    (`gemm.PACKS_B`)."""
     m, n, k = 29, 100, 70
     rng = np.random.default_rng(7)
     a, b = _operands(rng, m, n, k, ta, tb)
     c = rng.standard_normal((m, n), dtype=np.float32)
     expected = _reference(a, b, ta, tb, m, n, k, 1.5, 0.5, c)
-    _run(gemm.blocked_sgemm, a, b, c, ta, tb, m, n, k, 1.5, 0.5, 16, 32)
+    _run(gemm.blocked_sgemm, a, b, c, ta, tb, m, n, k, 1.5, 0.5, 16, 32, pack_from)
     assert np.abs(c - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
@@ -100,7 +103,8 @@ def test_transposed_a_packed_in_several_blocks(tb):
     a, b = _operands(rng, m, n, k, True, tb)
     c = rng.standard_normal((m, n), dtype=np.float32)
     expected = _reference(a, b, True, tb, m, n, k, 1.0, 1.0, c)
-    _run(gemm.sgemm, a, b, c, True, tb, m, n, k, 1.0, 1.0)
+    _run(gemm.blocked_sgemm, a, b, c, True, tb, m, n, k, 1.0, 1.0, gemm.KC_PACKED,
+         gemm.NC_ROWS, gemm.PACK_B_PANELS)  # as a CPU whose L1 holds packed panels runs it
     assert np.abs(c - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
@@ -151,6 +155,22 @@ def test_cblas_entry_point_agrees_on_both_sides_of_own_min(m, n, k):
     call(a, b, c, m, n, k)
     assert (m * n * k >= gemm.OWN_MIN) == (k == 32)
     assert np.abs(c - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_l1_size_is_read_from_sysfs(tmp_path):
+    """The L1 data cache is read from the level-1 data (or unified) entry; unreadable or
+    missing entries give the default."""
+    root = tmp_path / "cache"
+    for index, (level, kind, size) in enumerate((("1", "Instruction", "64K"),
+                                                  ("1", "Data", "48K"), ("2", "Unified", "2M"))):
+        folder = root / f"index{index}"
+        folder.mkdir(parents=True)
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(text + "\n")
+    assert gemm._l1_data_bytes(str(root)) == 48 * 1024
+    (root / "index1" / "size").write_text("lots\n")
+    assert gemm._l1_data_bytes(str(root), default=1234) == 1234
+    assert gemm._l1_data_bytes(str(tmp_path / "absent"), default=4321) == 4321
 
 
 def test_choice_follows_the_environment(monkeypatch):

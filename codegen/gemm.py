@@ -77,6 +77,11 @@ KC_PACKED = 256
 PACK_B_PANELS = 8
 A_BLOCK = 512 * 1024
 KC_IN_PLACE = 768
+# Where B is read in place, the last NEXT_TILES tiles of a panel prefetch the next panel's
+# rows, from its first (Zen 4, one core, interleaved runs: 128×784 from 4096 0.91–0.94×
+# the time, 96×784 0.82–0.91×, 128×784 and 512×784 from 256 unchanged; with 1, 3 or 5
+# tiles no better, and starting 64 rows on lost).
+NEXT_TILES = 2
 AHEAD = 64  # rows of B prefetched ahead of the tile's inner loop (128×784 from 4096: 0.93×)
 ALIGN = 64  # bytes: packed panels start on a cache line
 
@@ -206,12 +211,15 @@ def _i64(value: int):
 
 
 @intrinsic
-def _tile(typingctx, kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols):
+def _tile(typingctx, kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols, ahead_b,
+          ahead):
     """``C[i, j] = alpha·Σ_k A[i·rsa + k·csa]·B[k·ldb + j] + beta·C[i, j]`` for the 12 × 32
     tile at ``c`` (row stride ``ldc``), written only where ``i < rows`` and ``j < cols``;
     ``beta == 0`` never reads C.  Every entry of A and B the full tile reads must be
-    readable."""
-    sig = types.void(kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols)
+    readable.  At step k the tile prefetches the row ``min(k + ahead, kc - 1)`` of the
+    32 columns at ``ahead_b`` (rows ``ldb`` apart): B's own rows ahead of it, or the rows
+    of the panel the next tile reads."""
+    sig = types.void(kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, cols, ahead_b, ahead)
     return sig, functools.partial(_tile_code, MR, NV, False)
 
 
@@ -227,7 +235,8 @@ def _narrow_tile(typingctx, kc, a, rsa, csa, b, ldb, c, ldc, alpha, beta, rows, 
 def _tile_code(mr, nv, narrow, context, builder, signature, args):
     """The tile of ``mr`` rows × ``nv`` vectors: ``mr·nv`` accumulators; ``narrow``: B is
     a packed panel that stays in L1, and A's rows (read where they lie) are prefetched."""
-    kc_, a_, rsa_, csa_, b_, ldb_, c_, ldc_, alpha_, beta_, rows_, cols_ = args
+    kc_, a_, rsa_, csa_, b_, ldb_, c_, ldc_, alpha_, beta_, rows_, cols_ = args[:12]
+    ahead_b_, ahead_ = args[12:] if len(args) > 12 else (b_, _i64(AHEAD))
     fma = _fma(builder)
     zero = ir.Constant(_VEC, [0.0] * VW)
     # C's tile, which the stores will read unless beta is 0, into L1 while the loop runs
@@ -252,7 +261,7 @@ def _tile_code(mr, nv, narrow, context, builder, signature, args):
         phi = builder.phi(_VEC)
         phi.add_incoming(zero, entry)
         accumulators.append(phi)
-    ahead = _at_most(builder, builder.add(k, _i64(AHEAD)), builder.sub(kc_, _i64(1)))
+    ahead = _at_most(builder, builder.add(k, ahead_), builder.sub(kc_, _i64(1)))
     if narrow:
         # Two of A's rows, in turn, AHEAD entries on: each row every mr/2 ≤ 16 entries, so
         # every line.  The rows of A stream once (one panel of B), too many at once for the
@@ -262,12 +271,12 @@ def _tile_code(mr, nv, narrow, context, builder, signature, args):
             _prefetch(builder, _at(builder, a_, builder.add(builder.mul(row, rsa_),
                                                             builder.mul(ahead, csa_))))
     else:
-        # B's row AHEAD rows on (the last row near the end) into L1: rows of B read where
-        # they lie are a stride apart, which the hardware prefetchers do not run far enough
-        # ahead on.
+        # A row of B ``ahead`` rows on (the last row near the end) into L1: rows of B read
+        # where they lie are a stride apart, which the hardware prefetchers do not run far
+        # enough ahead on.
         ahead_row = builder.mul(ahead, ldb_)
         for offset in _line_offsets(nv):
-            _prefetch(builder, _at(builder, b_, builder.add(ahead_row, _i64(offset))))
+            _prefetch(builder, _at(builder, ahead_b_, builder.add(ahead_row, _i64(offset))))
     b_row = builder.mul(k, ldb_)
     b_vectors = [builder.load(_vector_at(builder, b_, builder.add(b_row, _i64(h * VW))),
                               align=4) for h in range(nv)]
@@ -516,7 +525,8 @@ def _by_rows_of_a(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, NC):
                     else:
                         b_tile, b_ld = b + (pc * ldb + j0) * 4, ldb
                     _tile(kc, _pointer(a_tile), rsa, csa, _pointer(b_tile), b_ld,
-                          _pointer(c + (i0 * ldc + j0) * 4), ldc, alpha, accumulate, rows, w)
+                          _pointer(c + (i0 * ldc + j0) * 4), ldc, alpha, accumulate, rows, w,
+                          _pointer(b_tile), AHEAD)
 
 
 @njit(cache=True)
@@ -542,16 +552,25 @@ def _by_panels_of_b(tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, depth, pac
                 _pack_a(True, a, lda, pc, kc, i0, min(MR, m - i0), a_packed + p * kc * MR * 4)
             for j0 in range(0, n, NR):
                 w = min(NR, n - j0)
-                if tb or w < NR or panels_a >= pack_from:
+                in_place = not (tb or w < NR or panels_a >= pack_from)
+                if in_place:
+                    b_tile, b_ld = b + (pc * ldb + j0) * 4, ldb
+                else:
                     _pack_b(tb, b, ldb, pc, kc, j0, w, b_packed)
                     b_tile, b_ld = b_packed, NR
-                else:
-                    b_tile, b_ld = b + (pc * ldb + j0) * 4, ldb
+                # B read in place: the last NEXT_TILES tiles prefetch the next panel's rows
+                # while they read their own from cache, so the first tile of that panel
+                # does not wait on memory.
+                nxt = j0 + NR
+                ahead_next = in_place and panels_a > NEXT_TILES and nxt + NR <= n
                 for p in range(panels_a):
                     i0 = ic + p * MR
+                    ahead_b, ahead = b_tile, AHEAD
+                    if ahead_next and p >= panels_a - NEXT_TILES:
+                        ahead_b, ahead = b + (pc * ldb + nxt) * 4, 0
                     _tile(kc, _pointer(a_packed + p * kc * MR * 4), 1, MR, _pointer(b_tile),
                           b_ld, _pointer(c + (i0 * ldc + j0) * 4), ldc, alpha, accumulate,
-                          min(MR, m - i0), w)
+                          min(MR, m - i0), w, _pointer(ahead_b), ahead)
 
 
 @intrinsic

@@ -62,9 +62,9 @@ def main() -> None:
         a = rng.random((k, m), dtype=np.float32)
         b = rng.random((k, n), dtype=np.float32)
         c = rng.random((m, n), dtype=np.float32)
-        depth = gemm.KC_TRANSPOSED_A
-        panels = min(gemm.A_BLOCK // (depth * 4 * gemm.MR), -(-m // gemm.MR))
-        chosen = f"{depth} {'packed' if panels >= gemm.PACK_FROM else 'in place'}"
+        ours = gemm.KC_TRANSPOSED_A
+        panels = min(gemm.A_BLOCK // (ours * 4 * gemm.MR), -(-m // gemm.MR))
+        chosen = f"{ours} {'packed' if panels >= gemm.PACK_FROM else 'in place'}"
         for cold in (False, True):
             times = {way: [] for way in WAYS}
             for depth, pack_from in WAYS.values():  # compile, warm

@@ -19,7 +19,8 @@ time; X·Wᵀ 0.57–0.90×).  The design is BLIS's:
   in blocks so that one block of B stays in L2; when A is packed, each panel of B meets
   every packed panel of A in turn, `_by_panels_of_b`: 256 deep with B's panel packed when
   it meets eight or more, where the two panels fit in L1 together, else 768 deep with B
-  read where it lies, `PACKS_B`).  The tile prefetches B's rows `AHEAD` rows before it reads them.
+  read where it lies, `PACKS_B`).  The tile prefetches B's rows `AHEAD` rows before it
+  reads them.
 - A product of at most 16 columns (an output layer of 10 classes) runs in 24 × 16 tiles
   (`_narrow_tile`): 10 columns use 10 of a row's 16 lanes there, against 10 of 32 in a
   12 × 32 tile (4096×10·128: 79 µs, against 137 in 12 × 32 tiles and 137 in OpenBLAS).
@@ -48,6 +49,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 from llvmlite import binding, ir
@@ -86,7 +88,6 @@ AHEAD = 64  # rows of B prefetched ahead of the tile's inner loop (128×784 from
 ALIGN = 64  # bytes: packed panels start on a cache line
 
 
-
 def _l1_data_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache",
                    default: int = 32 * 1024) -> int:
     """The first core's L1 data cache in bytes, from Linux's sysfs (``default`` where
@@ -96,8 +97,6 @@ def _l1_data_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache",
         >>> _l1_data_bytes() >= 1024
         True
     """
-    from pathlib import Path
-
     for index in sorted(Path(root).glob("index*")):
         try:
             level, kind, size = ((index / name).read_text().strip()
